@@ -1,0 +1,1 @@
+"""The agent framework: models, providers, topologies, runners and the CLI."""

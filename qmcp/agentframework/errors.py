@@ -1,0 +1,57 @@
+"""One error base with a few precise subclasses; every message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class QmcpError(Exception):
+    """Base of every error qmcp raises on purpose."""
+
+
+class ValidationError(QmcpError):
+    """Input that cannot be accepted (bad name, bad JSON, missing slot, unknown value)."""
+
+
+class NotFoundError(QmcpError):
+    """A named agent, topology, execution or runner does not exist."""
+
+
+class ConflictError(QmcpError):
+    """An object with that name already exists, or the state forbids the operation."""
+
+
+class ProviderError(QmcpError):
+    """A model provider failed to answer.
+
+    `retryable` tells the engine whether another attempt could succeed.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, provider: str = "") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.provider = provider
+
+
+class ConfigurationError(ProviderError):
+    """A provider cannot run as configured (for example no API key)."""
+
+    def __init__(self, message: str, *, provider: str = "") -> None:
+        super().__init__(message, retryable=False, provider=provider)
+
+
+class InvocationFailed(QmcpError):
+    """An agent invocation failed after all its attempts."""
+
+    def __init__(self, key: str, slot: str, message: str) -> None:
+        super().__init__(f"invocation {key!r} (slot {slot!r}) failed: {message}")
+        self.key = key
+        self.slot = slot
+        self.reason = message
+
+
+class TopologyFailed(QmcpError):
+    """A topology could not produce a result under its failure policy."""
+
+
+def known(values: object) -> str:
+    """Render a list of known values for an error message."""
+    return ", ".join(str(v) for v in values)  # type: ignore[attr-defined]

@@ -1,0 +1,41 @@
+"""Tables and config models: agents, topologies, executions, invocations."""
+
+from qmcp.agentframework.models.config import AgentConfig, CapabilityConfig, ModelConfig, Models
+from qmcp.agentframework.models.enums import (
+    AgentRole,
+    AggregationMethod,
+    ConsensusMethod,
+    ExecutionStatus,
+    InvocationStatus,
+    TopologyType,
+)
+from qmcp.agentframework.models.tables import (
+    AgentType,
+    Execution,
+    Invocation,
+    Topology,
+    TopologyMembership,
+    utcnow,
+)
+from qmcp.agentframework.models.topology_configs import EnsembleConfig, PipelineConfig
+
+__all__ = [
+    "AgentConfig",
+    "AgentRole",
+    "AgentType",
+    "AggregationMethod",
+    "CapabilityConfig",
+    "ConsensusMethod",
+    "EnsembleConfig",
+    "Execution",
+    "ExecutionStatus",
+    "Invocation",
+    "InvocationStatus",
+    "ModelConfig",
+    "Models",
+    "PipelineConfig",
+    "Topology",
+    "TopologyMembership",
+    "TopologyType",
+    "utcnow",
+]

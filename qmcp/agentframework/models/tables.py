@@ -1,0 +1,132 @@
+"""The database tables: agent types, topologies, memberships, executions, invocations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from qmcp.agentframework.models.enums import (
+    AgentRole,
+    ExecutionStatus,
+    InvocationStatus,
+    TopologyType,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
+
+
+class AgentType(SQLModel, table=True):
+    """A named agent: its role and its `AgentConfig` (as JSON)."""
+
+    __tablename__ = "agent_types"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    description: str = Field(default="", sa_type=Text)
+    role: AgentRole = Field(default=AgentRole.EXECUTOR)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version: int = Field(default=1)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Topology(SQLModel, table=True):
+    """A named collaboration pattern: its kind and its typed config (as JSON)."""
+
+    __tablename__ = "topologies"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    description: str = Field(default="", sa_type=Text)
+    topology_type: TopologyType
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    version: int = Field(default=1)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class TopologyMembership(SQLModel, table=True):
+    """One slot of a stored topology, filled by an agent type."""
+
+    __tablename__ = "topology_memberships"
+    __table_args__ = (UniqueConstraint("topology_id", "slot_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    topology_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("topologies.id", ondelete="CASCADE"), nullable=False)
+    )
+    slot_name: str = Field(max_length=100)
+    position: int = Field(default=0)
+    agent_type_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("agent_types.id", ondelete="RESTRICT"), nullable=False)
+    )
+
+
+class Execution(SQLModel, table=True):
+    """One run of a topology. The row exists before the first invocation."""
+
+    __tablename__ = "executions"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    topology_name: str = Field(index=True, max_length=100)
+    topology_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("topologies.id", ondelete="SET NULL"), nullable=True),
+    )
+    runner_type: str = Field(max_length=50)
+    status: ExecutionStatus = Field(default=ExecutionStatus.PENDING, index=True)
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    output: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    error: str | None = Field(default=None, sa_type=Text)
+    correlation_id: str | None = Field(default=None, index=True, max_length=200)
+    # What is needed to resume without the original objects: topology, agents, run config.
+    snapshot: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    owner: str | None = Field(default=None, max_length=200)
+    created_at: datetime = _ts(index=True)
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    completed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    duration_ms: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    invocation_count: int = 0
+
+
+class Invocation(SQLModel, table=True):
+    """One attempt at one agent call; the completed row for a key is its checkpoint."""
+
+    __tablename__ = "invocations"
+    __table_args__ = (Index("ix_invocations_execution_key", "execution_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    execution_id: uuid.UUID = Field(
+        sa_column=Column(
+            ForeignKey("executions.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    key: str = Field(max_length=500)
+    slot: str = Field(max_length=100)
+    agent_name: str = Field(max_length=100)
+    provider: str = Field(max_length=50)
+    model: str = Field(max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    output: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    error: str | None = Field(default=None, sa_type=Text)
+    attempt: int = 1
+    status: InvocationStatus
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    duration_ms: float = 0.0
+    started_at: datetime = Field(sa_type=DateTime(timezone=True))
+    completed_at: datetime = Field(sa_type=DateTime(timezone=True))

@@ -1,0 +1,338 @@
+"""Runner base classes: `RunConfig`, `RunResult`, `BaseRunner`, `RunnerRegistry` and `@runner`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from abc import ABC
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+from pydantic import field_validator
+from sqlmodel import Field, SQLModel
+
+from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError, known
+from qmcp.agentframework.models import (
+    AgentConfig,
+    AgentType,
+    Execution,
+    ExecutionStatus,
+    Topology,
+    utcnow,
+)
+from qmcp.agentframework.runners.engine import Engine, EventHandler
+from qmcp.agentframework.store import Store, owner_token, parse_execution_id
+from qmcp.agentframework.topologies import TopologyRegistry
+
+log = logging.getLogger("qmcp.run")
+
+MAX_INPUT_BYTES = 1_000_000
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class RunConfig(SQLModel):
+    """Configuration for a topology run."""
+
+    correlation_id: str | None = Field(default=None, max_length=200)
+    timeout_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    checkpoint_enabled: bool = True
+    retry_on_failure: bool = True
+    max_retries: int = Field(default=3, ge=0, le=20)
+    log_level: str = "INFO"
+    trace_enabled: bool = True
+    metrics_enabled: bool = True
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; known: {', '.join(_LOG_LEVELS)}")
+        return level
+
+
+class RunResult(SQLModel):
+    """Result from a topology run."""
+
+    execution_id: uuid.UUID
+    status: ExecutionStatus
+    output: dict[str, Any] | None
+    error: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: int | None
+    runner_type: str
+    topology_name: str
+    correlation_id: str | None
+
+
+def check_input(input_data: Any) -> dict[str, Any]:
+    """The run input must be a JSON object of bounded size."""
+    if not isinstance(input_data, Mapping):
+        raise ValidationError(
+            f"input must be a JSON object such as {{\"prompt\": \"…\"}}, not {type(input_data).__name__}"
+        )
+    try:
+        encoded = json.dumps(input_data, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"input is not JSON-serializable: {exc}") from None
+    if len(encoded.encode()) > MAX_INPUT_BYTES:
+        raise ValidationError(
+            f"input is {len(encoded.encode())} bytes; the limit is {MAX_INPUT_BYTES} bytes"
+        )
+    return json.loads(encoded)
+
+
+def snapshot_of(topology: Topology, agents: Mapping[str, AgentType], config: Any) -> dict[str, Any]:
+    return {
+        "topology": {
+            "id": topology.id,
+            "name": topology.name,
+            "description": topology.description,
+            "topology_type": str(topology.topology_type),
+            "config": config.model_dump(mode="json"),
+        },
+        "agents": {
+            slot: {
+                "id": agent.id,
+                "name": agent.name,
+                "description": agent.description,
+                "role": str(agent.role),
+                "config": agent.config,
+            }
+            for slot, agent in agents.items()
+        },
+    }
+
+
+def restore(snapshot: dict[str, Any]) -> tuple[Topology, dict[str, AgentType]]:
+    topology = Topology(**snapshot["topology"])
+    agents = {slot: AgentType(**data) for slot, data in snapshot["agents"].items()}
+    return topology, agents
+
+
+class BaseRunner(ABC):
+    """Runs topologies, records every execution and invocation, resumes from checkpoints.
+
+    Subclasses choose scheduling: `concurrency` None awaits invocations one at a time, an int
+    bounds how many run at once.
+    """
+
+    runner_type: ClassVar[str] = "base"
+    concurrency: int | None = None
+
+    def __init__(self, config: RunConfig | None = None, db_url: str | None = None) -> None:
+        self.config = config or RunConfig()
+        self.db_url = db_url
+        self.store = Store(db_url)
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        topology: Topology,
+        agents: Mapping[str, AgentType],
+        input_data: Mapping[str, Any],
+        *,
+        on_event: EventHandler | None = None,
+    ) -> RunResult:
+        """Validate, record a new execution, run the topology and record the outcome."""
+        kind = TopologyRegistry.get(topology.topology_type)
+        config = kind.validate(topology.config, agents.keys())
+        for slot, agent in agents.items():
+            validate_agent_config(slot, agent)
+        data = check_input(input_data)
+        await self.store.init()
+        execution = Execution(
+            topology_name=topology.name,
+            topology_id=topology.id,
+            runner_type=self.runner_type,
+            status=ExecutionStatus.RUNNING,
+            input=data,
+            correlation_id=self.config.correlation_id or uuid.uuid4().hex,
+            snapshot=snapshot_of(topology, agents, config)
+            | {"run_config": self.config.model_dump(mode="json")},
+            owner=owner_token(),
+            started_at=utcnow(),
+        )
+        await self.store.add_execution(execution)
+        return await self._execute(execution, dict(agents), data, {}, on_event, 0)
+
+    async def resume(
+        self, execution_id: uuid.UUID | str, *, on_event: EventHandler | None = None
+    ) -> RunResult:
+        """Finish a failed, cancelled or interrupted execution; completed invocations are reused."""
+        ident = parse_execution_id(execution_id)
+        await self.store.init()
+        execution = await self.store.claim_execution(ident, owner_token())
+        _, agents = restore(execution.snapshot)
+        checkpoints = await self.store.checkpoints(ident)
+        return await self._execute(
+            execution, agents, execution.input, checkpoints, on_event, execution.duration_ms or 0
+        )
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        execution: Execution,
+        agents: dict[str, AgentType],
+        data: dict[str, Any],
+        checkpoints: dict[str, dict[str, Any]],
+        on_event: EventHandler | None,
+        previous_ms: int,
+    ) -> RunResult:
+        topology, _ = restore(execution.snapshot)
+        kind = TopologyRegistry.get(topology.topology_type)
+        config = kind.parse_config(topology.config)
+        cfg = self.config
+        log.setLevel(cfg.log_level)
+        engine = Engine(
+            execution_id=execution.id,
+            agents=agents,
+            config=cfg,
+            store=self.store,
+            checkpoints=checkpoints,
+            concurrency=self.concurrency,
+            on_event=on_event,
+            total=kind.estimate(config, list(agents)),
+        )
+        started_at = utcnow()
+        t0 = time.perf_counter()
+        log.info(
+            "execution %s: %s %r on %s", execution.id, kind.type.value, topology.name,
+            self.runner_type,
+        )
+        status, output, error = ExecutionStatus.FAILED, None, None
+        try:
+            with anyio.move_on_after(cfg.timeout_seconds) as scope:
+                output = await kind.run(engine, config, data)
+                status = ExecutionStatus.COMPLETED
+            if scope.cancelled_caught:
+                error = (
+                    f"timed out after {cfg.timeout_seconds} s (RunConfig.timeout_seconds); "
+                    f"resume it with `qmcp executions resume {execution.id}`"
+                )
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status, error = ExecutionStatus.CANCELLED, "cancelled"
+            with anyio.CancelScope(shield=True):
+                await self._finish(execution, engine, status, None, error, t0, previous_ms)
+            raise
+        except QmcpError as exc:
+            error = str(exc)
+        except Exception as exc:  # a crash inside a run is a failed execution, never a dead caller
+            log.exception("execution %s crashed", execution.id)
+            error = f"{type(exc).__name__}: {exc}"
+        completed_at = await self._finish(execution, engine, status, output, error, t0, previous_ms)
+        duration_ms = int((time.perf_counter() - t0) * 1000)
+        log.log(
+            logging.INFO if status is ExecutionStatus.COMPLETED else logging.WARNING,
+            "execution %s %s in %d ms%s", execution.id, status.value, duration_ms,
+            f": {error}" if error else "",
+        )
+        return RunResult(
+            execution_id=execution.id,
+            status=status,
+            output=output,
+            error=error,
+            started_at=started_at,
+            completed_at=completed_at,
+            duration_ms=duration_ms,
+            runner_type=self.runner_type,
+            topology_name=execution.topology_name,
+            correlation_id=execution.correlation_id,
+        )
+
+    async def _finish(
+        self,
+        execution: Execution,
+        engine: Engine,
+        status: ExecutionStatus,
+        output: dict[str, Any] | None,
+        error: str | None,
+        t0: float,
+        previous_ms: int,
+    ) -> datetime:
+        await engine.flush()
+        completed_at = utcnow()
+        values: dict[str, Any] = {
+            "status": status,
+            "output": output,
+            "error": error,
+            "completed_at": completed_at,
+            "duration_ms": previous_ms + int((time.perf_counter() - t0) * 1000),
+            "owner": None,
+        }
+        if self.config.metrics_enabled:
+            totals = await self.store.totals(execution.id)
+            values.update(totals)
+            log.info(
+                "execution %s metrics: %d invocations, %d input + %d output tokens, cost %s",
+                execution.id, totals["invocation_count"], totals["input_tokens"],
+                totals["output_tokens"],
+                "unknown" if totals["cost_usd"] is None else f"${totals['cost_usd']:.6f}",
+            )
+        await self.store.update_execution(execution.id, **values)
+        return completed_at
+
+
+def validate_agent_config(slot: str, agent: AgentType) -> AgentConfig:
+    from pydantic import ValidationError as PydanticValidationError
+
+    from qmcp.agentframework.topologies.base import describe_validation_error
+
+    try:
+        return AgentConfig.model_validate(agent.config or {})
+    except PydanticValidationError as exc:
+        raise ValidationError(
+            f"agent {agent.name!r} in slot {slot!r} has an invalid config: "
+            f"{describe_validation_error(exc)}"
+        ) from None
+
+
+R = TypeVar("R", bound=type[BaseRunner])
+
+
+class RunnerRegistry:
+    """Runner classes by `runner_type`."""
+
+    _runners: ClassVar[dict[str, type[BaseRunner]]] = {}
+
+    @classmethod
+    def register(cls, runner_cls: R) -> R:
+        name = getattr(runner_cls, "runner_type", None)
+        if not name or name == "base":
+            raise ValidationError(f"{runner_cls.__name__} must set a runner_type")
+        cls._runners[name] = runner_cls
+        return runner_cls
+
+    @classmethod
+    def get(cls, runner_type: str) -> type[BaseRunner]:
+        try:
+            return cls._runners[runner_type]
+        except KeyError:
+            raise NotFoundError(
+                f"unknown runner {runner_type!r}; known: {known(cls.list())}"
+            ) from None
+
+    @classmethod
+    def list(cls) -> list[str]:
+        return list(cls._runners)
+
+    @classmethod
+    def create(cls, runner_type: str, config: RunConfig | None = None, **kwargs: Any) -> BaseRunner:
+        return cls.get(runner_type)(config=config, **kwargs)
+
+    @classmethod
+    def unregister(cls, runner_type: str) -> None:
+        cls._runners.pop(runner_type, None)
+
+
+def runner(cls: R) -> R:
+    """Class decorator: register a `BaseRunner` subclass under its `runner_type`."""
+    return RunnerRegistry.register(cls)

@@ -1,0 +1,258 @@
+"""The run context runners give topologies: invoke with retries, record, checkpoint, report.
+
+`invoke` is the only way an agent is called. Its `key` makes an invocation a checkpoint: a key
+that already completed in this execution returns its stored output without calling the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+
+from qmcp.agentframework.errors import (
+    InvocationFailed,
+    NotFoundError,
+    ProviderError,
+    QmcpError,
+)
+from qmcp.agentframework.llm import LLMRequest, Message, ProviderRegistry, estimate_cost
+from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
+from qmcp.agentframework.prompts import system_prompt_for
+from qmcp.agentframework.topologies.text import render_payload
+
+if TYPE_CHECKING:
+    from qmcp.agentframework.runners.base import RunConfig
+    from qmcp.agentframework.store import Store
+
+T = TypeVar("T")
+log = logging.getLogger("qmcp.run")
+
+BACKOFF_BASE_SECONDS = 0.25
+BACKOFF_MAX_SECONDS = 8.0
+
+
+@dataclass(frozen=True)
+class InvocationEvent:
+    """Progress of a run, one event per invocation step."""
+
+    kind: Literal["started", "completed", "failed", "retrying", "cached"]
+    execution_id: uuid.UUID
+    key: str
+    slot: str
+    agent: str
+    attempt: int
+    done: int
+    total: int
+    duration_ms: float | None = None
+    error: str | None = None
+
+
+EventHandler = Callable[[InvocationEvent], Awaitable[None] | None]
+
+
+class Engine:
+    """A `RunContext` for one execution."""
+
+    def __init__(
+        self,
+        *,
+        execution_id: uuid.UUID,
+        agents: dict[str, AgentType],
+        config: RunConfig,
+        store: Store,
+        checkpoints: dict[str, dict[str, Any]],
+        concurrency: int | None,
+        on_event: EventHandler | None,
+        total: int,
+    ) -> None:
+        self.execution_id = execution_id
+        self.agents = agents
+        self.config = config
+        self.store = store
+        self.checkpoints = checkpoints
+        self.concurrency = concurrency
+        self.limiter = asyncio.Semaphore(concurrency) if concurrency else None
+        self.on_event = on_event
+        self.total = max(total, 1)
+        self.done = 0
+        self.pending_rows: list[dict[str, Any]] = []
+        self._attempts: dict[str, int] = {}
+        self._agent_configs: dict[str, AgentConfig] = {}
+
+    # -- RunContext -------------------------------------------------------------------------
+
+    def slots(self, prefix: str | None = None) -> list[str]:
+        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
+
+    def agent(self, slot: str) -> AgentType:
+        try:
+            return self.agents[slot]
+        except KeyError:
+            raise NotFoundError(f"no agent in slot {slot!r}") from None
+
+    async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        items = list(awaitables)
+        if self.concurrency is None:
+            return [await item for item in items]
+        return list(await asyncio.gather(*items))
+
+    async def try_invoke(
+        self, slot: str, payload: Any, *, key: str | None = None
+    ) -> dict[str, Any] | InvocationFailed:
+        try:
+            return await self.invoke(slot, payload, key=key)
+        except InvocationFailed as exc:
+            return exc
+
+    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
+        key = key or slot
+        agent = self.agent(slot)
+        cached = self.checkpoints.get(key)
+        if cached is not None:
+            self.done += 1
+            await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
+            return cached
+        agent_config = self._agent_config(slot, agent)
+        model = agent_config.model_config_obj
+        provider = ProviderRegistry.get(model.provider)
+        cfg = self.config
+        retries = cfg.max_retries if cfg.retry_on_failure else 0
+        # A self-retrying provider (the Anthropic SDK) backs off inside one attempt.
+        allowed = 1 if provider.self_retrying else 1 + retries
+        prompt = render_payload(payload)
+        request = LLMRequest(
+            model=model.model,
+            system=system_prompt_for(agent, agent_config),
+            messages=[Message(role="user", content=prompt)],
+            max_tokens=agent_config.max_tokens,
+            temperature=agent_config.temperature,
+            timeout_seconds=agent_config.timeout_seconds,
+            max_retries=retries if provider.self_retrying else 0,
+            agent_name=agent.name,
+            role=str(agent.role),
+            slot=slot,
+        )
+        # The SDK applies its timeout per try; bound the whole attempt including its backoff.
+        deadline = agent_config.timeout_seconds * (request.max_retries + 1) + (
+            BACKOFF_MAX_SECONDS * request.max_retries
+        )
+        trace = {"system": request.system, "prompt": prompt} if cfg.trace_enabled else {}
+        for _ in range(allowed):
+            attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
+            await self._emit("started", key, slot, agent.name, attempt)
+            started = utcnow()
+            t0 = time.perf_counter()
+            error: str | None = None
+            retryable = False
+            response = None
+            try:
+                if self.limiter is None:
+                    with anyio.fail_after(deadline):
+                        response = await provider.complete(request)
+                else:
+                    async with self.limiter:
+                        with anyio.fail_after(deadline):
+                            response = await provider.complete(request)
+            except ProviderError as exc:
+                error, retryable = str(exc), exc.retryable
+            except TimeoutError:
+                error, retryable = f"no answer within {deadline:g} s", True
+            except QmcpError as exc:
+                error = str(exc)
+            except Exception as exc:  # a provider bug or a failing test function
+                error, retryable = f"{type(exc).__name__}: {exc}", True
+            duration_ms = (time.perf_counter() - t0) * 1000
+            row: dict[str, Any] = {
+                "execution_id": self.execution_id,
+                "key": key,
+                "slot": slot,
+                "agent_name": agent.name,
+                "provider": model.provider,
+                "model": model.label,
+                "input": trace,
+                "attempt": attempt,
+                "started_at": started,
+                "completed_at": utcnow(),
+                "duration_ms": round(duration_ms, 3),
+            }
+            if response is not None:
+                label = model.label if model.provider != "anthropic" else response.model
+                output = {"content": response.text, "agent": agent.name, "slot": slot}
+                row.update(
+                    status=InvocationStatus.COMPLETED,
+                    output=output,
+                    error=None,
+                    input_tokens=response.input_tokens,
+                    output_tokens=response.output_tokens,
+                    cost_usd=estimate_cost(label, response.input_tokens, response.output_tokens),
+                )
+                await self._record(row)
+                self.checkpoints[key] = output
+                self.done += 1
+                await self._emit("completed", key, slot, agent.name, attempt, duration_ms)
+                return output
+            row.update(status=InvocationStatus.FAILED, output=None, error=error)
+            await self._record(row)
+            log.warning("invocation %s attempt %d failed: %s", key, attempt, error)
+            if retryable and _ < allowed - 1:
+                await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
+                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**_))
+                continue
+            await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
+            raise InvocationFailed(key, slot, error or "unknown error")
+        raise AssertionError("unreachable")
+
+    # -- recording --------------------------------------------------------------------------
+
+    async def _record(self, row: dict[str, Any]) -> None:
+        """Checkpointing commits each row as it finishes; otherwise rows go in one batch at the end."""
+        if self.config.checkpoint_enabled:
+            await self.store.record_invocations([row])
+        else:
+            self.pending_rows.append(row)
+
+    async def flush(self) -> None:
+        rows, self.pending_rows = self.pending_rows, []
+        await self.store.record_invocations(rows)
+
+    def _agent_config(self, slot: str, agent: AgentType) -> AgentConfig:
+        config = self._agent_configs.get(slot)
+        if config is None:
+            config = self._agent_configs[slot] = AgentConfig.model_validate(agent.config or {})
+        return config
+
+    async def _emit(
+        self,
+        kind: Any,
+        key: str,
+        slot: str,
+        agent: str,
+        attempt: int,
+        duration_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        if self.on_event is None:
+            return
+        event = InvocationEvent(
+            kind=kind,
+            execution_id=self.execution_id,
+            key=key,
+            slot=slot,
+            agent=agent,
+            attempt=attempt,
+            done=self.done,
+            total=max(self.total, self.done),
+            duration_ms=duration_ms,
+            error=error,
+        )
+        result = self.on_event(event)
+        if inspect.isawaitable(result):
+            await result

@@ -1,0 +1,390 @@
+"""Async engine and session factory, and the few queries everything shares.
+
+One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else
+`sqlite+aiosqlite:///./agent.db`. SQLite runs in WAL mode with a busy timeout and foreign keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlmodel import SQLModel
+
+from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
+from qmcp.agentframework.models import (
+    AgentType,
+    Execution,
+    ExecutionStatus,
+    Invocation,
+    InvocationStatus,
+    Topology,
+    TopologyMembership,
+    utcnow,
+)
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def database_url(url: str | None = None) -> str:
+    return url or os.environ.get("QMCP_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _process_start_token(pid: int) -> str | None:
+    """The kernel's start time of a process, so a reused pid is not taken for the old one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_token() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_token(pid) or '-'}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """True/False for an owner on this host; None when it cannot be told (another host)."""
+    if not owner:
+        return False
+    try:
+        host, pid_text, start = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return None
+    token = _process_start_token(pid)
+    if token is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return start == "-"
+    return token == start
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """The project's database: one async engine per URL, tables created on first use."""
+
+    _engines: dict[str, AsyncEngine] = {}
+    _ready: dict[str, bool] = {}
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = database_url(url)
+        try:
+            parsed = make_url(self.url)
+        except Exception as exc:
+            raise ValidationError(
+                f"invalid database URL {self.url!r}: {exc}; "
+                "use e.g. sqlite+aiosqlite:///./agent.db or postgresql+asyncpg://…"
+            ) from None
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._parsed = parsed
+        self._lock = asyncio.Lock()
+
+    # -- engine -----------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        engine = Store._engines.get(self.url)
+        if engine is None:
+            kwargs: dict[str, Any] = {}
+            if self.is_sqlite:
+                database = self._parsed.database
+                if database and database != ":memory:":
+                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            engine = create_async_engine(self.url, **kwargs)
+            if self.is_sqlite:
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            Store._engines[self.url] = engine
+        return engine
+
+    async def init(self) -> Store:
+        """Create tables once per process and mark executions whose process died."""
+        if Store._ready.get(self.url):
+            return self
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+        Store._ready[self.url] = True
+        await self.mark_interrupted()
+        return self
+
+    @classmethod
+    async def dispose_all(cls) -> None:
+        for engine in cls._engines.values():
+            await engine.dispose()
+        cls._engines.clear()
+        cls._ready.clear()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        await self.init()
+        maker = async_sessionmaker(self.engine, expire_on_commit=False)
+        async with maker() as session:
+            yield session
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def add_agent(self, agent: AgentType) -> AgentType:
+        async with self.session() as s:
+            s.add(agent)
+            try:
+                await s.commit()
+            except IntegrityError:
+                raise ConflictError(
+                    f"an agent named {agent.name!r} already exists; choose another name"
+                ) from None
+            await s.refresh(agent)
+            return agent
+
+    async def get_agent(self, name: str) -> AgentType:
+        async with self.session() as s:
+            agent = (await s.execute(select(AgentType).where(AgentType.name == name))).scalar()
+        if agent is None:
+            raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+        return agent
+
+    async def agents_by_id(self, ids: Iterable[int]) -> dict[int, AgentType]:
+        async with self.session() as s:
+            rows = (await s.execute(select(AgentType).where(AgentType.id.in_(list(ids))))).scalars()  # type: ignore[union-attr]
+            return {a.id: a for a in rows if a.id is not None}
+
+    async def list_agents(self, role: str | None = None) -> list[AgentType]:
+        query = select(AgentType).order_by(AgentType.name)
+        if role:
+            query = query.where(AgentType.role == role)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    # -- topologies -------------------------------------------------------------------------
+
+    async def add_topology(self, topology: Topology, slots: dict[str, AgentType]) -> Topology:
+        async with self.session() as s:
+            s.add(topology)
+            try:
+                await s.flush()
+                for position, (slot, agent) in enumerate(slots.items()):
+                    s.add(
+                        TopologyMembership(
+                            topology_id=topology.id,  # type: ignore[arg-type]
+                            slot_name=slot,
+                            position=position,
+                            agent_type_id=agent.id,  # type: ignore[arg-type]
+                        )
+                    )
+                await s.commit()
+            except IntegrityError:
+                await s.rollback()
+                raise ConflictError(
+                    f"a topology named {topology.name!r} already exists; choose another name"
+                ) from None
+            await s.refresh(topology)
+            return topology
+
+    async def get_topology(self, name: str) -> tuple[Topology, dict[str, AgentType]]:
+        """A stored topology and its slots (slot -> agent), in slot order."""
+        async with self.session() as s:
+            topology = (await s.execute(select(Topology).where(Topology.name == name))).scalar()
+            if topology is None:
+                raise NotFoundError(
+                    f"no topology named {name!r}; see `qmcp agents topologies list`"
+                )
+            rows = await s.execute(
+                select(TopologyMembership, AgentType)
+                .join(AgentType, AgentType.id == TopologyMembership.agent_type_id)  # type: ignore[arg-type]
+                .where(TopologyMembership.topology_id == topology.id)
+                .order_by(TopologyMembership.position)  # type: ignore[arg-type]
+            )
+            slots = {m.slot_name: a for m, a in rows.tuples()}
+        return topology, slots
+
+    async def list_topologies(self) -> list[tuple[Topology, list[str]]]:
+        async with self.session() as s:
+            topologies = list((await s.execute(select(Topology).order_by(Topology.name))).scalars())
+            rows = await s.execute(
+                select(TopologyMembership.topology_id, TopologyMembership.slot_name).order_by(
+                    TopologyMembership.position  # type: ignore[arg-type]
+                )
+            )
+            slots: dict[int, list[str]] = {}
+            for topology_id, slot in rows.tuples():
+                slots.setdefault(topology_id, []).append(slot)
+        return [(t, slots.get(t.id or -1, [])) for t in topologies]
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def add_execution(self, execution: Execution) -> Execution:
+        async with self.session() as s:
+            s.add(execution)
+            await s.commit()
+            return execution
+
+    async def update_execution(self, execution_id: uuid.UUID, **values: Any) -> None:
+        async with self.session() as s:
+            await s.execute(update(Execution).where(Execution.id == execution_id).values(**values))  # type: ignore[arg-type]
+            await s.commit()
+
+    async def claim_execution(self, execution_id: uuid.UUID, owner: str) -> Execution:
+        """Mark a resumable execution running under this process, atomically."""
+        resumable = [s.value for s in ExecutionStatus if s.resumable]
+        async with self.session() as s:
+            result = await s.execute(
+                update(Execution)
+                .where(Execution.id == execution_id)  # type: ignore[arg-type]
+                .where(Execution.status.in_(resumable))  # type: ignore[attr-defined]
+                .values(status=ExecutionStatus.RUNNING, owner=owner, error=None, completed_at=None)
+            )
+            await s.commit()
+            execution = await s.get(Execution, execution_id)
+        if execution is None:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise ConflictError(
+                f"execution {execution_id} is {execution.status.value}; only failed, cancelled "
+                "or interrupted executions can be resumed"
+            )
+        return execution
+
+    async def get_execution(self, execution_id: uuid.UUID | str) -> Execution:
+        ident = parse_execution_id(execution_id)
+        async with self.session() as s:
+            execution = await s.get(Execution, ident)
+        if execution is None:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        return execution
+
+    async def list_executions(
+        self, limit: int = 20, status: str | None = None, topology: str | None = None
+    ) -> list[Execution]:
+        query = select(Execution).order_by(Execution.created_at.desc()).limit(limit)  # type: ignore[attr-defined]
+        if status:
+            query = query.where(Execution.status == status)
+        if topology:
+            query = query.where(Execution.topology_name == topology)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    async def invocations(self, execution_id: uuid.UUID) -> list[Invocation]:
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Invocation)
+                .where(Invocation.execution_id == execution_id)  # type: ignore[arg-type]
+                .order_by(Invocation.id)  # type: ignore[arg-type]
+            )
+            return list(rows.scalars())
+
+    async def checkpoints(self, execution_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+        """Completed outputs by invocation key: what a resume must not pay for again."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Invocation.key, Invocation.output)
+                .where(Invocation.execution_id == execution_id)  # type: ignore[arg-type]
+                .where(Invocation.status == InvocationStatus.COMPLETED)
+            )
+            return {key: output for key, output in rows.tuples() if output is not None}
+
+    async def record_invocations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert invocation rows in one short transaction (one row: a durable checkpoint)."""
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(Invocation), list(rows))
+
+    async def totals(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        async with self.session() as s:
+            row = (
+                await s.execute(
+                    select(
+                        func.count(Invocation.id),  # type: ignore[arg-type]
+                        func.coalesce(func.sum(Invocation.input_tokens), 0),
+                        func.coalesce(func.sum(Invocation.output_tokens), 0),
+                        func.sum(Invocation.cost_usd),
+                    ).where(Invocation.execution_id == execution_id)  # type: ignore[arg-type]
+                )
+            ).one()
+        return {
+            "invocation_count": row[0],
+            "input_tokens": row[1],
+            "output_tokens": row[2],
+            "cost_usd": None if row[3] is None else round(float(row[3]), 6),
+        }
+
+    async def mark_interrupted(self) -> int:
+        """Executions left `running` by a process that no longer exists become `interrupted`."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Execution.id, Execution.owner).where(
+                    Execution.status == ExecutionStatus.RUNNING
+                )
+            )
+            dead = [ident for ident, owner in rows.tuples() if owner_alive(owner) is False]
+            if dead:
+                await s.execute(
+                    update(Execution)
+                    .where(Execution.id.in_(dead))  # type: ignore[attr-defined]
+                    .where(Execution.status == ExecutionStatus.RUNNING)
+                    .values(
+                        status=ExecutionStatus.INTERRUPTED,
+                        error="the process running this execution stopped before it finished; "
+                        "resume it with `qmcp executions resume ID`",
+                    )
+                )
+                await s.commit()
+        return len(dead)
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Delete finished executions (and their invocations) older than `older_than`."""
+        cutoff: datetime = utcnow() - older_than
+        finished = [s.value for s in ExecutionStatus if s.finished]
+        async with self.session() as s:
+            ids = list(
+                (
+                    await s.execute(
+                        select(Execution.id)
+                        .where(Execution.created_at < cutoff)  # type: ignore[arg-type]
+                        .where(Execution.status.in_(finished))  # type: ignore[attr-defined]
+                    )
+                ).scalars()
+            )
+            if ids:
+                await s.execute(delete(Invocation).where(Invocation.execution_id.in_(ids)))  # type: ignore[attr-defined]
+                await s.execute(delete(Execution).where(Execution.id.in_(ids)))  # type: ignore[attr-defined]
+                await s.commit()
+        return len(ids)
+
+
+def parse_execution_id(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise ValidationError(
+            f"{value!r} is not an execution id; ids are UUIDs as shown by `qmcp executions list`"
+        ) from None

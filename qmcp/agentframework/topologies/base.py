@@ -1,0 +1,131 @@
+"""What a topology kind is, the run context it is written against, and the registry of kinds.
+
+A kind is an async program over a `RunContext`; runners supply the context and decide how
+`gather` schedules work, so the same program runs in-process, concurrently, or on Metaflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from qmcp.agentframework.errors import InvocationFailed, ValidationError, known
+from qmcp.agentframework.models import AgentType, TopologyType
+
+T = TypeVar("T")
+Output = dict[str, Any]
+
+
+class RunContext(Protocol):
+    """The only way a topology touches agents."""
+
+    def slots(self, prefix: str | None = None) -> list[str]:
+        """Slot names in their declared order, optionally only those starting with `prefix`."""
+        ...
+
+    def agent(self, slot: str) -> AgentType: ...
+
+    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> Output:
+        """Call the agent in `slot`; raises `InvocationFailed` once its retries are spent."""
+        ...
+
+    async def try_invoke(
+        self, slot: str, payload: Any, *, key: str | None = None
+    ) -> Output | InvocationFailed:
+        """Like `invoke`, but a failed invocation is returned instead of raised."""
+        ...
+
+    async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        """Await all, in order of the results; the runner decides whether they overlap."""
+        ...
+
+
+Program = Callable[[RunContext, Any, dict[str, Any]], Awaitable[Output]]
+SlotCheck = Callable[[Any, list[str]], None]
+Estimate = Callable[[Any, list[str]], int]
+
+
+@dataclass(frozen=True)
+class TopologyKind:
+    """One topology kind: its config model, its slot rules and its program."""
+
+    type: TopologyType
+    config_model: type[BaseModel]
+    run: Program
+    check_slots: SlotCheck
+    estimate: Estimate
+    summary: str
+
+    def parse_config(self, raw: Mapping[str, Any] | BaseModel | None) -> Any:
+        if isinstance(raw, self.config_model):
+            return raw
+        data = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw or {})
+        try:
+            return self.config_model.model_validate(data)
+        except PydanticValidationError as exc:
+            raise ValidationError(
+                f"invalid {self.type.value} config: {describe_validation_error(exc)}"
+            ) from None
+
+    def validate(self, raw_config: Any, slots: Iterable[str]) -> Any:
+        """Parse the config and check the slots against it; the parsed config on success."""
+        config = self.parse_config(raw_config)
+        self.check_slots(config, list(slots))
+        return config
+
+
+class TopologyRegistry:
+    """The topology kinds this installation can run."""
+
+    _kinds: ClassVar[dict[TopologyType, TopologyKind]] = {}
+
+    @classmethod
+    def register(cls, kind: TopologyKind) -> TopologyKind:
+        cls._kinds[kind.type] = kind
+        return kind
+
+    @classmethod
+    def get(cls, topology_type: str | TopologyType) -> TopologyKind:
+        parsed = TopologyType.parse(topology_type)
+        kind = cls._kinds.get(parsed)
+        if kind is None:
+            raise ValidationError(
+                f"topology type {parsed.value!r} is not available in this version; "
+                f"available: {known(k.value for k in cls._kinds)}"
+            )
+        return kind
+
+    @classmethod
+    def list(cls) -> list[TopologyKind]:
+        return list(cls._kinds.values())
+
+
+def describe_validation_error(exc: PydanticValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "value"
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def require_slots(kind: str, present: list[str], required: Iterable[str]) -> None:
+    missing = [slot for slot in required if slot not in present]
+    if missing:
+        raise ValidationError(
+            f"{kind} topology is missing slot(s) {known(missing)}; assign an agent to each "
+            f"(slots given: {known(present) or 'none'})"
+        )
+
+
+def reject_unexpected(kind: str, unexpected: list[str], expected: str) -> None:
+    if unexpected:
+        raise ValidationError(
+            f"{kind} topology does not use slot(s) {known(unexpected)}; its slots are {expected}"
+        )

@@ -1,0 +1,102 @@
+"""Turning payloads into prompts and model answers into values: one set of rules for all kinds."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# The keys a payload's main text may live under, in the order they are looked for.
+TEXT_KEYS = ("prompt", "content", "task", "topic", "question", "input", "text")
+
+_CONFIDENCE_LINE = re.compile(r"^\s*confidence\s*[:=]\s*([01](?:\.\d+)?)\s*$", re.I | re.M)
+_SCORE_LINE = re.compile(
+    r"^\s*(?:score|answer|value|rating)\s*[:=]\s*(-?\d+(?:\.\d+)?)\s*$", re.I | re.M
+)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def main_text(payload: Any) -> str:
+    """The text a payload is about: its first text key, else the whole payload as JSON."""
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, dict):
+        for key in TEXT_KEYS:
+            value = payload.get(key)
+            if isinstance(value, str) and value.strip():
+                return value
+    return json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def render_payload(payload: Any) -> str:
+    """The user message for a payload: its main text, then any other fields as JSON context."""
+    if isinstance(payload, str):
+        return payload
+    if not isinstance(payload, dict):
+        return json.dumps(payload, ensure_ascii=False, default=str)
+    for key in TEXT_KEYS:
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            rest = {k: v for k, v in payload.items() if k != key}
+            if not rest:
+                return value
+            context = json.dumps(rest, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+            return f"{value}\n\nContext:\n{context}"
+    return json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object in a model answer: the whole text, a fenced block, or the outermost {…}."""
+    candidates = [text.strip()]
+    candidates += [m.strip() for m in _FENCE.findall(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def confidence_of(text: str) -> float | None:
+    """A stated confidence in [0, 1]: a JSON `confidence` field or a `confidence: x` line."""
+    data = parse_json_object(text)
+    if data is not None and isinstance(data.get("confidence"), int | float):
+        value = float(data["confidence"])
+        return value if 0.0 <= value <= 1.0 else None
+    match = _CONFIDENCE_LINE.search(text)
+    return float(match.group(1)) if match else None
+
+
+def number_of(text: str) -> float | None:
+    """A numeric answer: the whole text, a JSON score/value/answer/rating, or a `score: x` line."""
+    stripped = text.strip()
+    try:
+        return float(stripped)
+    except ValueError:
+        pass
+    data = parse_json_object(text)
+    if data is not None:
+        for key in ("score", "value", "answer", "rating"):
+            value = data.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+    match = _SCORE_LINE.search(text)
+    return float(match.group(1)) if match else None
+
+
+def vote_of(text: str) -> str:
+    """The ballot an answer casts: a JSON `vote`/`answer`, else its first non-empty line."""
+    data = parse_json_object(text)
+    if data is not None:
+        for key in ("vote", "answer", "choice"):
+            if key in data and isinstance(data[key], str | int | float | bool):
+                return str(data[key]).strip().lower()
+    for line in text.splitlines():
+        if line.strip():
+            return " ".join(line.split()).lower().rstrip(".")
+    return ""
