@@ -1,0 +1,476 @@
+"""The `qmcp` command line: agents, topologies, runs, executions and the MCP server.
+
+Library modules are imported inside commands so that `qmcp --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from qmcp.agentframework.runners import RunResult
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="qmcp",
+    help="Define LLM agents, compose them into topologies, run them and read the records.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+agents_app = typer.Typer(help="Agent types, topologies and mixins.", no_args_is_help=True)
+topologies_app = typer.Typer(help="Compose agents into topologies and run them.", no_args_is_help=True)
+executions_app = typer.Typer(help="Recorded executions: list, show, resume, prune.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+agents_app.add_typer(topologies_app, name="topologies")
+app.add_typer(executions_app, name="executions")
+
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _call(make: Callable[[], Awaitable[T]]) -> T:
+    """Run one library call; a QmcpError becomes one clear line on stderr and exit code 2."""
+    from qmcp.agentframework.errors import QmcpError
+
+    try:
+        return asyncio.run(make())
+    except QmcpError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc  # unreachable: _fail exits
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        _fail(f"unknown format {fmt!r}; use table or json")
+    return fmt
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def main_options(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="QMCP_DATABASE_URL",
+            help="database URL (default sqlite+aiosqlite:///./agent.db)",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log to stderr")] = False,
+) -> None:
+    if database_url:
+        os.environ["QMCP_DATABASE_URL"] = database_url
+    if verbose:
+        import logging
+
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=__import__("rich.console").console.Console(stderr=True))
+        logging.getLogger("qmcp").addHandler(handler)
+        logging.getLogger("qmcp").setLevel(logging.DEBUG)
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+
+@agents_app.command("list")
+def agents_list(
+    role: Annotated[str | None, typer.Option(help="only agents with this role")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """List agent types."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    agents = _call(lambda: service.list_agents(role))
+    rows = [service.agent_to_dict(a) for a in agents]
+    if fmt == "json":
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("name", "role", "model", "description")
+    for row in rows:
+        table.add_row(row["name"], row["role"], row["model"] or "", row["description"])
+    _console().print(table if rows else "no agents yet; create one with `qmcp agents create NAME ROLE`")
+
+
+@agents_app.command("create")
+def agents_create(
+    name: Annotated[str, typer.Argument(help="unique agent name")],
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="planner, executor, reviewer, critic, synthesizer, specialist, coordinator, observer"
+        ),
+    ],
+    description: Annotated[str, typer.Option(help="what the agent is for")] = "",
+    model: Annotated[
+        str | None,
+        typer.Option(help="claude-… id, a Models name, 'offline' or 'function:<name>'"),
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="replaces the role's default prompt")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0.0 – 1.0")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Create an agent type."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    agent = _call(
+        lambda: service.create_agent(
+            name,
+            role,
+            description=description,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+    )
+    data = service.agent_to_dict(agent)
+    if fmt == "json":
+        _print_json(data)
+    else:
+        _console().print(f"created agent [bold]{agent.name}[/] ({data['role']}, {data['model']})")
+
+
+@agents_app.command("show")
+def agents_show(name: str, fmt: FormatOption = "json") -> None:
+    """Show one agent type with its full config."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    _print_json(service.agent_to_dict(_call(lambda: service.get_agent(name))))
+
+
+@agents_app.command("mixins")
+def agents_mixins(fmt: FormatOption = "table") -> None:
+    """List the capability mixins agents can use."""
+    from qmcp.agentframework.mixins import MixinRegistry
+
+    _check_format(fmt)
+    rows = MixinRegistry.describe()
+    if fmt == "json":
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("name", "version", "depends on", "description")
+    for row in rows:
+        table.add_row(row["name"], row["version"], ", ".join(row["dependencies"]), row["description"])
+    _console().print(table)
+
+
+# -- topologies -----------------------------------------------------------------------------
+
+
+@topologies_app.command("list")
+def topologies_list(fmt: FormatOption = "table") -> None:
+    """List topologies."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    rows = [service.topology_to_dict(t, slots) for t, slots in _call(service.list_topologies)]
+    if fmt == "json":
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("name", "type", "slots", "description")
+    for row in rows:
+        table.add_row(row["name"], row["topology_type"], ", ".join(row["slots"]), row["description"])
+    _console().print(
+        table if rows else "no topologies yet; create one with `qmcp agents topologies create`"
+    )
+
+
+@topologies_app.command("create")
+def topologies_create(
+    name: Annotated[str, typer.Argument(help="unique topology name")],
+    topology_type: Annotated[str, typer.Argument(help="pipeline or ensemble")],
+    slot: Annotated[
+        list[str],
+        typer.Option("--slot", "-s", help="SLOT=AGENT, repeat for each slot, in order"),
+    ],
+    config_json: Annotated[str, typer.Option("--config-json", help="the kind's config")] = "{}",
+    description: Annotated[str, typer.Option(help="what the topology is for")] = "",
+    fmt: FormatOption = "table",
+) -> None:
+    """Create a topology from agents: `--slot ensemble_0=alice --slot aggregator=bob`."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
+
+    _check_format(fmt)
+    try:
+        config = service.parse_json_object(config_json, "--config-json")
+        slots: dict[str, str] = {}
+        for item in slot:
+            slot_name, sep, agent_name = item.partition("=")
+            if not sep or not slot_name or not agent_name:
+                _fail(f"--slot {item!r} must look like SLOT=AGENT, e.g. ensemble_0=researcher")
+            if slot_name in slots:
+                _fail(f"slot {slot_name!r} is given twice")
+            slots[slot_name] = agent_name
+    except QmcpError as exc:
+        _fail(str(exc))
+    topology = _call(
+        lambda: service.create_topology(
+            name, topology_type, slots, config=config, description=description
+        )
+    )
+    data = service.topology_to_dict(topology, list(slots))
+    if fmt == "json":
+        _print_json(data)
+    else:
+        _console().print(
+            f"created topology [bold]{topology.name}[/] ({data['topology_type']}; slots: "
+            f"{', '.join(slots)})"
+        )
+
+
+@topologies_app.command("show")
+def topologies_show(name: str) -> None:
+    """Show a topology: its config and which agent fills each slot."""
+    from qmcp.agentframework import service
+
+    topology, agents = _call(lambda: service.get_topology(name))
+    _print_json(service.topology_to_dict(topology, agents))
+
+
+@topologies_app.command("run")
+def topologies_run(
+    name: Annotated[str, typer.Argument(help="the topology to run")],
+    input_json: Annotated[str, typer.Option("--input-json", help="the input, a JSON object")] = "{}",
+    runner: Annotated[str, typer.Option(help="local or async")] = "local",
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="async runner: model calls at once (default 5)")
+    ] = None,
+    timeout: Annotated[int | None, typer.Option(help="seconds before the run stops")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="retries per failed invocation")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Run a topology and record the execution."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
+    from qmcp.agentframework.runners import RunConfig
+
+    _check_format(fmt)
+    try:
+        data = service.parse_json_object(input_json, "--input-json")
+    except QmcpError as exc:
+        _fail(str(exc))
+    overrides: dict[str, Any] = {}
+    if timeout is not None:
+        overrides["timeout_seconds"] = timeout
+    if max_retries is not None:
+        overrides["max_retries"] = max_retries
+    try:
+        config = RunConfig.model_validate(overrides)
+    except Exception as exc:
+        _fail(f"invalid run option: {exc}")
+    result = _run_with_progress(
+        lambda on_event: service.run_topology(
+            name,
+            data,
+            runner_type=runner,
+            config=config,
+            max_concurrent=max_concurrent,
+            on_event=on_event,
+        )
+    )
+    _show_result(result, fmt)
+
+
+def _run_with_progress(start: Callable[[Any], Awaitable[RunResult]]) -> RunResult:
+    """Run with a live progress line on stderr; Ctrl-C cancels and records the run."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qmcp.agentframework.errors import QmcpError
+
+    stderr = Console(stderr=True, highlight=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    )
+    task = progress.add_task("starting", total=None)
+    state: dict[str, Any] = {}
+
+    def on_event(event: Any) -> None:
+        state["execution_id"] = event.execution_id
+        verb = {"started": "running", "retrying": "retrying", "cached": "reused"}.get(event.kind)
+        description = f"{verb} {event.key} ({event.agent})" if verb else f"{event.kind} {event.key}"
+        progress.update(task, description=description, completed=event.done, total=event.total)
+        if event.kind in ("failed", "retrying"):
+            progress.console.print(f"[yellow]{event.kind}[/] {event.key}: {event.error}")
+
+    try:
+        with progress:
+            return asyncio.run(start(on_event))
+    except QmcpError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        ident = state.get("execution_id")
+        hint = f"; resume it with `qmcp executions resume {ident}`" if ident else ""
+        stderr.print(f"[yellow]cancelled[/]{hint}")
+        raise typer.Exit(130) from None
+    raise AssertionError("unreachable")
+
+
+def _show_result(result: RunResult, fmt: str) -> None:
+    from qmcp.agentframework import service
+
+    if fmt == "json":
+        _print_json(service.result_to_dict(result))
+    else:
+        console = _console()
+        colour = "green" if result.status == "completed" else "red"
+        console.print(
+            f"[bold {colour}]{result.status}[/] {result.topology_name} on {result.runner_type} "
+            f"in {result.duration_ms} ms — execution {result.execution_id}"
+        )
+        if result.output is not None:
+            console.print(result.output.get("content", ""), markup=False)
+        if result.error:
+            console.print(f"[red]error:[/] {result.error}")
+    if result.status != "completed":
+        raise typer.Exit(1)
+
+
+# -- executions -----------------------------------------------------------------------------
+
+
+@executions_app.command("list")
+def executions_list(
+    limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    topology: Annotated[str | None, typer.Option(help="only this topology")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """List recent executions."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.models import ExecutionStatus
+
+    _check_format(fmt)
+    if status is not None and status not in {s.value for s in ExecutionStatus}:
+        _fail(f"unknown status {status!r}; known: {', '.join(s.value for s in ExecutionStatus)}")
+    rows = [
+        service.execution_to_dict(e)
+        for e in _call(lambda: service.list_executions(limit, status, topology))
+    ]
+    if fmt == "json":
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("id", "topology", "runner", "status", "invocations", "ms", "created")
+    for row in rows:
+        table.add_row(
+            row["id"], row["topology_name"], row["runner_type"], row["status"],
+            str(row["invocation_count"]), str(row["duration_ms"] or ""), row["created_at"] or "",
+        )
+    _console().print(table if rows else "no executions yet")
+
+
+@executions_app.command("show")
+def executions_show(execution_id: str) -> None:
+    """Show an execution with every invocation."""
+    from qmcp.agentframework import service
+
+    execution, invocations = _call(lambda: service.get_execution(execution_id))
+    _print_json(service.execution_to_dict(execution, invocations))
+
+
+@executions_app.command("resume")
+def executions_resume(
+    execution_id: str,
+    runner: Annotated[str | None, typer.Option(help="default: the runner it ran on")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Finish a failed, cancelled or interrupted execution without repeating completed calls."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    result = _run_with_progress(
+        lambda on_event: service.resume_execution(
+            execution_id, runner_type=runner, on_event=on_event
+        )
+    )
+    _show_result(result, fmt)
+
+
+@executions_app.command("prune")
+def executions_prune(
+    older_than_days: Annotated[float, typer.Option(help="delete finished executions older than this")] = 30,
+) -> None:
+    """Delete old finished executions and their invocations."""
+    from qmcp.agentframework import service
+
+    count = _call(lambda: service.prune_executions(older_than_days))
+    _console().print(f"deleted {count} execution(s) older than {older_than_days:g} day(s)")
+
+
+# -- demo and server ------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    fmt: FormatOption = "table",
+) -> None:
+    """Create demo agents and topologies on the offline model and run them end to end."""
+    from qmcp.agentframework.demo import run_demo
+
+    _check_format(fmt)
+    _call(lambda: run_demo(json_output=fmt == "json"))
+
+
+@app.command("serve")
+def serve(
+    transport: Annotated[str, typer.Option(help="stdio or http")] = "stdio",
+    host: Annotated[str, typer.Option(help="http: address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="http: port")] = 8765,
+) -> None:
+    """Run the MCP server (stdio for Claude Desktop, http for streamable HTTP)."""
+    from qmcp_server.__main__ import serve as run_server
+
+    if transport not in ("stdio", "http"):
+        _fail(f"unknown transport {transport!r}; use stdio or http")
+    run_server(transport=transport, host=host, port=port)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

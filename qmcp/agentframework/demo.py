@@ -1,0 +1,93 @@
+"""`qmcp demo`: the main job end to end on the embedded default (SQLite + offline model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from qmcp.agentframework import service
+from qmcp.agentframework.errors import ConflictError
+from qmcp.agentframework.store import Store
+
+DEMO_AGENTS = [
+    ("demo_planner", "planner", "Breaks a request into steps"),
+    ("demo_executor", "executor", "Carries out the plan"),
+    ("demo_reviewer", "reviewer", "Checks the result"),
+    ("demo_researcher_1", "specialist", "Researches one angle"),
+    ("demo_researcher_2", "specialist", "Researches another angle"),
+    ("demo_researcher_3", "specialist", "Researches a third angle"),
+    ("demo_synthesizer", "synthesizer", "Combines the research"),
+]
+DEMO_TOPOLOGIES: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
+    (
+        "demo_pipeline",
+        "pipeline",
+        {"plan": "demo_planner", "execute": "demo_executor", "review": "demo_reviewer"},
+        {},
+        "plan, execute, review",
+    ),
+    (
+        "demo_ensemble",
+        "ensemble",
+        {
+            "ensemble_0": "demo_researcher_1",
+            "ensemble_1": "demo_researcher_2",
+            "ensemble_2": "demo_researcher_3",
+            "aggregator": "demo_synthesizer",
+        },
+        {"aggregation_method": "synthesis"},
+        "three researchers in parallel, then a synthesis",
+    ),
+]
+DEMO_INPUT = {"prompt": "How should a small team adopt multi-agent LLM workflows?"}
+
+
+async def ensure_demo_objects(db_url: str | None = None) -> None:
+    """Create the demo agents and topologies on the offline model, once."""
+    for name, role, description in DEMO_AGENTS:
+        try:
+            await service.create_agent(
+                name, role, description=description, model="offline", db_url=db_url
+            )
+        except ConflictError:
+            pass
+    for name, kind, slots, config, description in DEMO_TOPOLOGIES:
+        try:
+            await service.create_topology(
+                name, kind, slots, config=config, description=description, db_url=db_url
+            )
+        except ConflictError:
+            pass
+
+
+async def run_demo(json_output: bool = False, db_url: str | None = None) -> list[dict[str, Any]]:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    await ensure_demo_objects(db_url)
+    results = []
+    for name, runner_type in (("demo_pipeline", "local"), ("demo_ensemble", "async")):
+        result = await service.run_topology(name, DEMO_INPUT, runner_type=runner_type, db_url=db_url)
+        execution, invocations = await service.get_execution(result.execution_id, db_url)
+        record = service.execution_to_dict(execution)
+        results.append(record)
+        if json_output:
+            continue
+        console.rule(f"{name} on {runner_type}: {result.status} in {result.duration_ms} ms")
+        for invocation in invocations:
+            console.print(
+                f"  [dim]{invocation.key:<14}[/] {invocation.agent_name:<18} "
+                f"{invocation.status.value:<9} {invocation.duration_ms:7.1f} ms "
+                f"{invocation.input_tokens}+{invocation.output_tokens} tokens"
+            )
+        console.print((result.output or {}).get("content", result.error or ""), markup=False)
+    if json_output:
+        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+    else:
+        console.rule()
+        console.print(
+            f"recorded in {Store(db_url).url}; see `qmcp executions list` and "
+            "`qmcp executions show ID`"
+        )
+    return results

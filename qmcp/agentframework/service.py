@@ -1,0 +1,321 @@
+"""Every operation the CLI and the MCP server offer, as one library call each.
+
+Both front ends are thin wrappers over these functions, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.models import (
+    AgentConfig,
+    AgentRole,
+    AgentType,
+    CapabilityConfig,
+    Execution,
+    Invocation,
+    ModelConfig,
+    Models,
+    Topology,
+    TopologyType,
+)
+from qmcp.agentframework.runners import BaseRunner, RunConfig, RunnerRegistry, RunResult
+from qmcp.agentframework.runners.engine import EventHandler
+from qmcp.agentframework.store import Store, parse_execution_id
+from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies.base import describe_validation_error
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SLOT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_DESCRIPTION = 10_000
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValidationError(
+            f"invalid {kind} name {str(name)[:120]!r}: use 1-100 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_slot(slot: str) -> str:
+    if not isinstance(slot, str) or not SLOT_PATTERN.match(slot):
+        raise ValidationError(
+            f"invalid slot name {str(slot)[:120]!r}: use letters, digits and '_', starting with a "
+            "letter or '_' (for example ensemble_0, aggregator, stage_1)"
+        )
+    return slot
+
+
+def check_description(description: str | None) -> str:
+    text = description or ""
+    if len(text) > MAX_DESCRIPTION:
+        raise ValidationError(f"description is {len(text)} characters; the limit is {MAX_DESCRIPTION}")
+    return text
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """Parse user JSON that must be an object, with a message that says what was wrong."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object such as {{\"prompt\": \"…\"}}")
+    return value
+
+
+# -- agents ---------------------------------------------------------------------------------
+
+
+async def create_agent(
+    name: str,
+    role: str | AgentRole,
+    *,
+    description: str | None = None,
+    model: str | ModelConfig | None = None,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    capabilities: list[dict[str, Any]] | None = None,
+    db_url: str | None = None,
+) -> AgentType:
+    check_name("agent", name)
+    parsed_role = AgentRole.parse(role)
+    model_config = Models.parse(model) if isinstance(model, str) else model or Models.default()
+    fields: dict[str, Any] = {"model_config_obj": model_config, "system_prompt": system_prompt}
+    if temperature is not None:
+        fields["temperature"] = temperature
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
+    if capabilities:
+        fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
+    try:
+        config = AgentConfig(**fields)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
+    agent = AgentType(
+        name=name,
+        description=check_description(description),
+        role=parsed_role,
+        config=config.model_dump(mode="json"),
+    )
+    return await Store(db_url).add_agent(agent)
+
+
+async def list_agents(role: str | None = None, db_url: str | None = None) -> list[AgentType]:
+    return await Store(db_url).list_agents(AgentRole.parse(role).value if role else None)
+
+
+async def get_agent(name: str, db_url: str | None = None) -> AgentType:
+    return await Store(db_url).get_agent(name)
+
+
+def agent_to_dict(agent: AgentType) -> dict[str, Any]:
+    config = agent.config or {}
+    model = config.get("model_config_obj") or {}
+    return {
+        "name": agent.name,
+        "description": agent.description,
+        "role": str(agent.role),
+        "model": ModelConfig.model_validate(model).label if model else None,
+        "config": config,
+        "version": agent.version,
+        "created_at": _iso(agent.created_at),
+        "updated_at": _iso(agent.updated_at),
+    }
+
+
+# -- topologies -----------------------------------------------------------------------------
+
+
+async def create_topology(
+    name: str,
+    topology_type: str | TopologyType,
+    slots: Mapping[str, str],
+    *,
+    config: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    db_url: str | None = None,
+) -> Topology:
+    """Validate config and slots now, so a topology that exists can run."""
+    check_name("topology", name)
+    kind = TopologyRegistry.get(topology_type)
+    for slot in slots:
+        check_slot(slot)
+    parsed = kind.validate(dict(config or {}), list(slots))
+    store = Store(db_url)
+    agents = {slot: await store.get_agent(agent_name) for slot, agent_name in slots.items()}
+    topology = Topology(
+        name=name,
+        description=check_description(description),
+        topology_type=kind.type,
+        config=parsed.model_dump(mode="json"),
+    )
+    return await store.add_topology(topology, agents)
+
+
+async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, list[str]]]:
+    return await Store(db_url).list_topologies()
+
+
+async def get_topology(name: str, db_url: str | None = None) -> tuple[Topology, dict[str, AgentType]]:
+    return await Store(db_url).get_topology(name)
+
+
+def topology_to_dict(topology: Topology, slots: Mapping[str, AgentType] | list[str]) -> dict[str, Any]:
+    if isinstance(slots, Mapping):
+        slot_map: dict[str, Any] = {slot: agent.name for slot, agent in slots.items()}
+    else:
+        slot_map = dict.fromkeys(slots)
+    return {
+        "name": topology.name,
+        "description": topology.description,
+        "topology_type": str(topology.topology_type),
+        "config": topology.config,
+        "slots": slot_map,
+        "version": topology.version,
+        "created_at": _iso(topology.created_at),
+    }
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def make_runner(
+    runner_type: str = "local",
+    *,
+    config: RunConfig | None = None,
+    max_concurrent: int | None = None,
+    db_url: str | None = None,
+) -> BaseRunner:
+    kwargs: dict[str, Any] = {"db_url": db_url}
+    if max_concurrent is not None:
+        if runner_type != "async":
+            raise ValidationError("max_concurrent applies to the async runner only")
+        kwargs["max_concurrent"] = max_concurrent
+    return RunnerRegistry.create(runner_type, config, **kwargs)
+
+
+async def run_topology(
+    name: str,
+    input_data: Mapping[str, Any],
+    *,
+    runner_type: str = "local",
+    config: RunConfig | None = None,
+    max_concurrent: int | None = None,
+    on_event: EventHandler | None = None,
+    db_url: str | None = None,
+) -> RunResult:
+    runner = make_runner(runner_type, config=config, max_concurrent=max_concurrent, db_url=db_url)
+    topology, agents = await get_topology(name, db_url)
+    return await runner.run(topology, agents, input_data, on_event=on_event)
+
+
+async def resume_execution(
+    execution_id: str | uuid.UUID,
+    *,
+    runner_type: str | None = None,
+    config: RunConfig | None = None,
+    on_event: EventHandler | None = None,
+    db_url: str | None = None,
+) -> RunResult:
+    execution = await Store(db_url).get_execution(execution_id)
+    runner = make_runner(runner_type or execution.runner_type, config=config, db_url=db_url)
+    return await runner.resume(execution.id, on_event=on_event)
+
+
+async def list_executions(
+    limit: int = 20,
+    status: str | None = None,
+    topology: str | None = None,
+    db_url: str | None = None,
+) -> list[Execution]:
+    if not 1 <= limit <= 1000:
+        raise ValidationError("limit must be between 1 and 1000")
+    return await Store(db_url).list_executions(limit=limit, status=status, topology=topology)
+
+
+async def get_execution(
+    execution_id: str | uuid.UUID, db_url: str | None = None
+) -> tuple[Execution, list[Invocation]]:
+    store = Store(db_url)
+    execution = await store.get_execution(parse_execution_id(execution_id))
+    return execution, await store.invocations(execution.id)
+
+
+async def prune_executions(older_than_days: float, db_url: str | None = None) -> int:
+    if older_than_days < 0:
+        raise ValidationError("older_than_days must be zero or more")
+    return await Store(db_url).prune(timedelta(days=older_than_days))
+
+
+def result_to_dict(result: RunResult) -> dict[str, Any]:
+    return result.model_dump(mode="json")
+
+
+def execution_to_dict(
+    execution: Execution, invocations: list[Invocation] | None = None
+) -> dict[str, Any]:
+    data = {
+        "id": str(execution.id),
+        "topology_name": execution.topology_name,
+        "runner_type": execution.runner_type,
+        "status": str(execution.status),
+        "input": execution.input,
+        "output": execution.output,
+        "error": execution.error,
+        "correlation_id": execution.correlation_id,
+        "created_at": _iso(execution.created_at),
+        "started_at": _iso(execution.started_at),
+        "completed_at": _iso(execution.completed_at),
+        "duration_ms": execution.duration_ms,
+        "invocation_count": execution.invocation_count,
+        "input_tokens": execution.input_tokens,
+        "output_tokens": execution.output_tokens,
+        "cost_usd": execution.cost_usd,
+    }
+    if invocations is not None:
+        data["invocations"] = [invocation_to_dict(i) for i in invocations]
+    return data
+
+
+def invocation_to_dict(invocation: Invocation) -> dict[str, Any]:
+    return {
+        "key": invocation.key,
+        "slot": invocation.slot,
+        "agent_name": invocation.agent_name,
+        "provider": invocation.provider,
+        "model": invocation.model,
+        "status": str(invocation.status),
+        "attempt": invocation.attempt,
+        "input": invocation.input,
+        "output": invocation.output,
+        "error": invocation.error,
+        "input_tokens": invocation.input_tokens,
+        "output_tokens": invocation.output_tokens,
+        "cost_usd": invocation.cost_usd,
+        "duration_ms": invocation.duration_ms,
+        "started_at": _iso(invocation.started_at),
+        "completed_at": _iso(invocation.completed_at),
+    }
+
+
+def runners_list() -> list[dict[str, Any]]:
+    return [
+        {"runner_type": name, "description": (cls.__doc__ or "").strip().splitlines()[0]}
+        for name, cls in ((n, RunnerRegistry.get(n)) for n in RunnerRegistry.list())
+    ]
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()

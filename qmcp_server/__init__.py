@@ -1,0 +1,1 @@
+"""qmcp-server: the MCP server over the qmcp library."""
