@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Python packages in .venv, the MCP Inspector from npm) and run
+# the checks: ruff, mypy, then the whole pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+if [ ! -x node_modules/.bin/mcp-inspector ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+export USERNAME=${USERNAME:-qmcp-tests}
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy qmcp qmcp_server
+.venv/bin/python -m pytest "$@"
