@@ -9,7 +9,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -27,8 +27,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 agents_app = typer.Typer(help="Agent types, topologies and mixins.", no_args_is_help=True)
-topologies_app = typer.Typer(help="Compose agents into topologies and run them.", no_args_is_help=True)
-executions_app = typer.Typer(help="Recorded executions: list, show, resume, prune.", no_args_is_help=True)
+topologies_app = typer.Typer(
+    help="Compose agents into topologies and run them.", no_args_is_help=True
+)
+executions_app = typer.Typer(
+    help="Recorded executions: list, show, resume, prune.", no_args_is_help=True
+)
 app.add_typer(agents_app, name="agents")
 agents_app.add_typer(topologies_app, name="topologies")
 app.add_typer(executions_app, name="executions")
@@ -43,7 +47,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _call(make: Callable[[], Awaitable[T]]) -> T:
+def _call(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one library call; a QmcpError becomes one clear line on stderr and exit code 2."""
     from qmcp.agentframework.errors import QmcpError
 
@@ -116,7 +120,9 @@ def agents_list(
     table = Table("name", "role", "model", "description")
     for row in rows:
         table.add_row(row["name"], row["role"], row["model"] or "", row["description"])
-    _console().print(table if rows else "no agents yet; create one with `qmcp agents create NAME ROLE`")
+    _console().print(
+        table if rows else "no agents yet; create one with `qmcp agents create NAME ROLE`"
+    )
 
 
 @agents_app.command("create")
@@ -125,7 +131,8 @@ def agents_create(
     role: Annotated[
         str,
         typer.Argument(
-            help="planner, executor, reviewer, critic, synthesizer, specialist, coordinator, observer"
+            help="planner, executor, reviewer, critic, synthesizer, specialist, coordinator, "
+            "observer"
         ),
     ],
     description: Annotated[str, typer.Option(help="what the agent is for")] = "",
@@ -133,8 +140,10 @@ def agents_create(
         str | None,
         typer.Option(help="claude-… id, a Models name, 'offline' or 'function:<name>'"),
     ] = None,
-    system_prompt: Annotated[str | None, typer.Option(help="replaces the role's default prompt")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0.0 – 1.0")] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option(help="replaces the role's default prompt")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0.0 to 1.0")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
     fmt: FormatOption = "table",
 ) -> None:
@@ -183,7 +192,9 @@ def agents_mixins(fmt: FormatOption = "table") -> None:
 
     table = Table("name", "version", "depends on", "description")
     for row in rows:
-        table.add_row(row["name"], row["version"], ", ".join(row["dependencies"]), row["description"])
+        table.add_row(
+            row["name"], row["version"], ", ".join(row["dependencies"]), row["description"]
+        )
     _console().print(table)
 
 
@@ -204,7 +215,9 @@ def topologies_list(fmt: FormatOption = "table") -> None:
 
     table = Table("name", "type", "slots", "description")
     for row in rows:
-        table.add_row(row["name"], row["topology_type"], ", ".join(row["slots"]), row["description"])
+        table.add_row(
+            row["name"], row["topology_type"], ", ".join(row["slots"]), row["description"]
+        )
     _console().print(
         table if rows else "no topologies yet; create one with `qmcp agents topologies create`"
     )
@@ -266,7 +279,9 @@ def topologies_show(name: str) -> None:
 @topologies_app.command("run")
 def topologies_run(
     name: Annotated[str, typer.Argument(help="the topology to run")],
-    input_json: Annotated[str, typer.Option("--input-json", help="the input, a JSON object")] = "{}",
+    input_json: Annotated[
+        str, typer.Option("--input-json", help="the input, a JSON object")
+    ] = "{}",
     runner: Annotated[str, typer.Option(help="local or async")] = "local",
     max_concurrent: Annotated[
         int | None, typer.Option(help="async runner: model calls at once (default 5)")
@@ -307,7 +322,7 @@ def topologies_run(
     _show_result(result, fmt)
 
 
-def _run_with_progress(start: Callable[[Any], Awaitable[RunResult]]) -> RunResult:
+def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -> RunResult:
     """Run with a live progress line on stderr; Ctrl-C cancels and records the run."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -396,8 +411,13 @@ def executions_list(
     table = Table("id", "topology", "runner", "status", "invocations", "ms", "created")
     for row in rows:
         table.add_row(
-            row["id"], row["topology_name"], row["runner_type"], row["status"],
-            str(row["invocation_count"]), str(row["duration_ms"] or ""), row["created_at"] or "",
+            row["id"],
+            row["topology_name"],
+            row["runner_type"],
+            row["status"],
+            str(row["invocation_count"]),
+            str(row["duration_ms"] or ""),
+            row["created_at"] or "",
         )
     _console().print(table if rows else "no executions yet")
 
@@ -431,7 +451,9 @@ def executions_resume(
 
 @executions_app.command("prune")
 def executions_prune(
-    older_than_days: Annotated[float, typer.Option(help="delete finished executions older than this")] = 30,
+    older_than_days: Annotated[
+        float, typer.Option(help="delete finished executions older than this")
+    ] = 30,
 ) -> None:
     """Delete old finished executions and their invocations."""
     from qmcp.agentframework import service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import suppress
 from typing import Any
 
 from qmcp.agentframework import service
@@ -46,19 +47,15 @@ DEMO_INPUT = {"prompt": "How should a small team adopt multi-agent LLM workflows
 async def ensure_demo_objects(db_url: str | None = None) -> None:
     """Create the demo agents and topologies on the offline model, once."""
     for name, role, description in DEMO_AGENTS:
-        try:
+        with suppress(ConflictError):
             await service.create_agent(
                 name, role, description=description, model="offline", db_url=db_url
             )
-        except ConflictError:
-            pass
     for name, kind, slots, config, description in DEMO_TOPOLOGIES:
-        try:
+        with suppress(ConflictError):
             await service.create_topology(
                 name, kind, slots, config=config, description=description, db_url=db_url
             )
-        except ConflictError:
-            pass
 
 
 async def run_demo(json_output: bool = False, db_url: str | None = None) -> list[dict[str, Any]]:
@@ -68,7 +65,9 @@ async def run_demo(json_output: bool = False, db_url: str | None = None) -> list
     await ensure_demo_objects(db_url)
     results = []
     for name, runner_type in (("demo_pipeline", "local"), ("demo_ensemble", "async")):
-        result = await service.run_topology(name, DEMO_INPUT, runner_type=runner_type, db_url=db_url)
+        result = await service.run_topology(
+            name, DEMO_INPUT, runner_type=runner_type, db_url=db_url
+        )
         execution, invocations = await service.get_execution(result.execution_id, db_url)
         record = service.execution_to_dict(execution)
         results.append(record)

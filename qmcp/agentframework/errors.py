@@ -1,4 +1,4 @@
-"""One error base with a few precise subclasses; every message says what was wrong and what to do."""
+"""One error base with a few precise subclasses; messages say what was wrong and what to do."""
 
 from __future__ import annotations
 

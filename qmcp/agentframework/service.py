@@ -59,7 +59,9 @@ def check_slot(slot: str) -> str:
 def check_description(description: str | None) -> str:
     text = description or ""
     if len(text) > MAX_DESCRIPTION:
-        raise ValidationError(f"description is {len(text)} characters; the limit is {MAX_DESCRIPTION}")
+        raise ValidationError(
+            f"description is {len(text)} characters; the limit is {MAX_DESCRIPTION}"
+        )
     return text
 
 
@@ -70,7 +72,7 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValidationError(f"{what} must be a JSON object such as {{\"prompt\": \"…\"}}")
+        raise ValidationError(f'{what} must be a JSON object such as {{"prompt": "…"}}')
     return value
 
 
@@ -168,11 +170,15 @@ async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, lis
     return await Store(db_url).list_topologies()
 
 
-async def get_topology(name: str, db_url: str | None = None) -> tuple[Topology, dict[str, AgentType]]:
+async def get_topology(
+    name: str, db_url: str | None = None
+) -> tuple[Topology, dict[str, AgentType]]:
     return await Store(db_url).get_topology(name)
 
 
-def topology_to_dict(topology: Topology, slots: Mapping[str, AgentType] | list[str]) -> dict[str, Any]:
+def topology_to_dict(
+    topology: Topology, slots: Mapping[str, AgentType] | list[str]
+) -> dict[str, Any]:
     if isinstance(slots, Mapping):
         slot_map: dict[str, Any] = {slot: agent.name for slot, agent in slots.items()}
     else:
@@ -266,7 +272,7 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
 def execution_to_dict(
     execution: Execution, invocations: list[Invocation] | None = None
 ) -> dict[str, Any]:
-    data = {
+    data: dict[str, Any] = {
         "id": str(execution.id),
         "topology_name": execution.topology_name,
         "runner_type": execution.runner_type,

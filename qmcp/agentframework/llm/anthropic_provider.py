@@ -87,7 +87,8 @@ def _status_reason(exc: Any) -> str:
     kind, detail = "", ""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
-        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        inner = body.get("error")
+        error: dict[str, Any] = inner if isinstance(inner, dict) else body
         kind = str(error.get("type", ""))
         detail = str(error.get("message", ""))
     reason = f"Anthropic API error {exc.status_code}"

@@ -102,5 +102,3 @@ class ProviderRegistry:
 def count_tokens(text: str) -> int:
     """A rough token count for providers that do not report usage (about 4 characters each)."""
     return max(1, (len(text) + 3) // 4) if text else 0
-
-

@@ -1,4 +1,4 @@
-"""The mixin protocol and `MixinRegistry` (name, version, description, config schema, dependencies)."""
+"""The mixin protocol and `MixinRegistry`: name, version, description, config, dependencies."""
 
 from __future__ import annotations
 

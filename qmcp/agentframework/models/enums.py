@@ -61,7 +61,11 @@ class ExecutionStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+        return self in (
+            ExecutionStatus.COMPLETED,
+            ExecutionStatus.FAILED,
+            ExecutionStatus.CANCELLED,
+        )
 
     @property
     def resumable(self) -> bool:

@@ -43,4 +43,3 @@ class EnsembleConfig(TopologyConfigBase):
     min_successes: int | None = Field(
         default=None, ge=1, description="fewest members that must succeed (overrides the threshold)"
     )
-

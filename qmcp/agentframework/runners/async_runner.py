@@ -17,7 +17,9 @@ class AsyncRunner(BaseRunner):
         config: RunConfig | None = None,
     ) -> None:
         if not isinstance(max_concurrent, int) or max_concurrent < 1:
-            raise ValidationError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+            raise ValidationError(
+                f"max_concurrent must be a positive integer, not {max_concurrent!r}"
+            )
         super().__init__(config=config, db_url=db_url)
         self.max_concurrent = max_concurrent
         self.concurrency = max_concurrent

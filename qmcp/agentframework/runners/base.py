@@ -7,7 +7,6 @@ import json
 import logging
 import time
 import uuid
-from abc import ABC
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -75,7 +74,8 @@ def check_input(input_data: Any) -> dict[str, Any]:
     """The run input must be a JSON object of bounded size."""
     if not isinstance(input_data, Mapping):
         raise ValidationError(
-            f"input must be a JSON object such as {{\"prompt\": \"…\"}}, not {type(input_data).__name__}"
+            'input must be a JSON object such as {"prompt": "…"}, '
+            f"not {type(input_data).__name__}"
         )
     try:
         encoded = json.dumps(input_data, ensure_ascii=False)
@@ -116,7 +116,7 @@ def restore(snapshot: dict[str, Any]) -> tuple[Topology, dict[str, AgentType]]:
     return topology, agents
 
 
-class BaseRunner(ABC):
+class BaseRunner:
     """Runs topologies, records every execution and invocation, resumes from checkpoints.
 
     Subclasses choose scheduling: `concurrency` None awaits invocations one at a time, an int
@@ -205,7 +205,10 @@ class BaseRunner(ABC):
         started_at = utcnow()
         t0 = time.perf_counter()
         log.info(
-            "execution %s: %s %r on %s", execution.id, kind.type.value, topology.name,
+            "execution %s: %s %r on %s",
+            execution.id,
+            kind.type.value,
+            topology.name,
             self.runner_type,
         )
         status, output, error = ExecutionStatus.FAILED, None, None
@@ -232,7 +235,10 @@ class BaseRunner(ABC):
         duration_ms = int((time.perf_counter() - t0) * 1000)
         log.log(
             logging.INFO if status is ExecutionStatus.COMPLETED else logging.WARNING,
-            "execution %s %s in %d ms%s", execution.id, status.value, duration_ms,
+            "execution %s %s in %d ms%s",
+            execution.id,
+            status.value,
+            duration_ms,
             f": {error}" if error else "",
         )
         return RunResult(
@@ -273,7 +279,9 @@ class BaseRunner(ABC):
             values.update(totals)
             log.info(
                 "execution %s metrics: %d invocations, %d input + %d output tokens, cost %s",
-                execution.id, totals["invocation_count"], totals["input_tokens"],
+                execution.id,
+                totals["invocation_count"],
+                totals["input_tokens"],
                 totals["output_tokens"],
                 "unknown" if totals["cost_usd"] is None else f"${totals['cost_usd']:.6f}",
             )

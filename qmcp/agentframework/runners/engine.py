@@ -145,7 +145,7 @@ class Engine:
             BACKOFF_MAX_SECONDS * request.max_retries
         )
         trace = {"system": request.system, "prompt": prompt} if cfg.trace_enabled else {}
-        for _ in range(allowed):
+        for try_index in range(allowed):
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
             await self._emit("started", key, slot, agent.name, attempt)
             started = utcnow()
@@ -202,9 +202,9 @@ class Engine:
             row.update(status=InvocationStatus.FAILED, output=None, error=error)
             await self._record(row)
             log.warning("invocation %s attempt %d failed: %s", key, attempt, error)
-            if retryable and _ < allowed - 1:
+            if retryable and try_index < allowed - 1:
                 await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
-                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**_))
+                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**try_index))
                 continue
             await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
             raise InvocationFailed(key, slot, error or "unknown error")
@@ -213,7 +213,7 @@ class Engine:
     # -- recording --------------------------------------------------------------------------
 
     async def _record(self, row: dict[str, Any]) -> None:
-        """Checkpointing commits each row as it finishes; otherwise rows go in one batch at the end."""
+        """Checkpointing commits each row as it finishes; otherwise rows are batched to the end."""
         if self.config.checkpoint_enabled:
             await self.store.record_invocations([row])
         else:

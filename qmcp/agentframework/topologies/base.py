@@ -6,6 +6,7 @@ A kind is an async program over a `RunContext`; runners supply the context and d
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -54,7 +55,7 @@ class TopologyKind:
     """One topology kind: its config model, its slot rules and its program."""
 
     type: TopologyType
-    config_model: type[BaseModel]
+    config_model: builtins.type[BaseModel]
     run: Program
     check_slots: SlotCheck
     estimate: Estimate

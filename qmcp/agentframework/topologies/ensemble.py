@@ -55,7 +55,9 @@ async def run(ctx: RunContext, config: EnsembleConfig, input: dict[str, Any]) ->
     outcomes = await ctx.gather(ctx.try_invoke(slot, input, key=slot) for slot in members)
     succeeded = [(s, o) for s, o in zip(members, outcomes, strict=True) if isinstance(o, dict)]
     failed = {
-        s: o.reason for s, o in zip(members, outcomes, strict=True) if isinstance(o, InvocationFailed)
+        s: o.reason
+        for s, o in zip(members, outcomes, strict=True)
+        if isinstance(o, InvocationFailed)
     }
     needed = required_successes(config, len(members))
     if len(succeeded) < needed:

@@ -1,4 +1,4 @@
-"""pipeline: stages in order; each stage reads the previous stage's output and the original input."""
+"""pipeline: stages in order; each reads the previous stage's output and the original input."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ async def run(ctx: RunContext, config: PipelineConfig, input: dict[str, Any]) ->
                 if stage_attempt == retries:
                     raise
         assert previous is not None
-        results.append({"stage": slot, "agent": previous.get("agent"), "content": previous["content"]})
+        results.append(
+            {"stage": slot, "agent": previous.get("agent"), "content": previous["content"]}
+        )
     assert previous is not None
     return {"content": previous["content"], "stages": results, "final_stage": stages[-1]}
 
