@@ -26,7 +26,7 @@ from qmcp.agentframework.models import (
 )
 from qmcp.agentframework.runners.engine import Engine, EventHandler
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
-from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies import TopologyKind, TopologyRegistry
 
 log = logging.getLogger("qmcp.run")
 
@@ -161,7 +161,7 @@ class BaseRunner:
             started_at=utcnow(),
         )
         await self.store.add_execution(execution)
-        return await self._execute(execution, dict(agents), data, {}, on_event, 0)
+        return await self._execute(execution, kind, config, dict(agents), data, {}, on_event, 0)
 
     async def resume(
         self, execution_id: uuid.UUID | str, *, on_event: EventHandler | None = None
@@ -170,10 +170,19 @@ class BaseRunner:
         ident = parse_execution_id(execution_id)
         await self.store.init()
         execution = await self.store.claim_execution(ident, owner_token())
-        _, agents = restore(execution.snapshot)
+        topology, agents = restore(execution.snapshot)
+        kind = TopologyRegistry.get(topology.topology_type)
+        config = kind.parse_config(topology.config)
         checkpoints = await self.store.checkpoints(ident)
         return await self._execute(
-            execution, agents, execution.input, checkpoints, on_event, execution.duration_ms or 0
+            execution,
+            kind,
+            config,
+            agents,
+            execution.input,
+            checkpoints,
+            on_event,
+            execution.duration_ms or 0,
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -181,15 +190,14 @@ class BaseRunner:
     async def _execute(
         self,
         execution: Execution,
+        kind: TopologyKind,
+        config: Any,
         agents: dict[str, AgentType],
         data: dict[str, Any],
         checkpoints: dict[str, dict[str, Any]],
         on_event: EventHandler | None,
         previous_ms: int,
     ) -> RunResult:
-        topology, _ = restore(execution.snapshot)
-        kind = TopologyRegistry.get(topology.topology_type)
-        config = kind.parse_config(topology.config)
         cfg = self.config
         log.setLevel(cfg.log_level)
         engine = Engine(
@@ -208,7 +216,7 @@ class BaseRunner:
             "execution %s: %s %r on %s",
             execution.id,
             kind.type.value,
-            topology.name,
+            execution.topology_name,
             self.runner_type,
         )
         status, output, error = ExecutionStatus.FAILED, None, None

@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import anyio
-
 from qmcp.agentframework.errors import (
     InvocationFailed,
     NotFoundError,
@@ -155,12 +153,11 @@ class Engine:
             response = None
             try:
                 if self.limiter is None:
-                    with anyio.fail_after(deadline):
+                    async with asyncio.timeout(deadline):
                         response = await provider.complete(request)
                 else:
-                    async with self.limiter:
-                        with anyio.fail_after(deadline):
-                            response = await provider.complete(request)
+                    async with self.limiter, asyncio.timeout(deadline):
+                        response = await provider.complete(request)
             except ProviderError as exc:
                 error, retryable = str(exc), exc.retryable
             except TimeoutError:
