@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
     AgentRole,
@@ -105,6 +106,7 @@ async def create_agent(
         config = AgentConfig(**fields)
     except PydanticValidationError as exc:
         raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
+    MixinRegistry.resolve(config.capabilities)
     agent = AgentType(
         name=name,
         description=check_description(description),

@@ -29,6 +29,7 @@ from sqlmodel import SQLModel
 
 from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
 from qmcp.agentframework.models import (
+    AgentMemory,
     AgentType,
     Execution,
     ExecutionStatus,
@@ -133,9 +134,7 @@ class Store:
                 kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             engine = create_async_engine(self.url, **kwargs)
             if self.is_sqlite:
-                event.listen(
-                    engine.sync_engine, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS)
-                )
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS))
             Store._engines[self.url] = engine
         return engine
 
@@ -153,7 +152,10 @@ class Store:
             sync_url = self._parsed.set(drivername="sqlite")
             engine = create_engine(
                 sync_url,
-                connect_args={"check_same_thread": False, "timeout": SQLITE_FAST_PATH_BUSY_MS / 1000},
+                connect_args={
+                    "check_same_thread": False,
+                    "timeout": SQLITE_FAST_PATH_BUSY_MS / 1000,
+                },
                 pool_size=1,
                 max_overflow=4,
             )
@@ -383,6 +385,22 @@ class Store:
             "output_tokens": row[2],
             "cost_usd": None if row[3] is None else round(float(row[3]), 6),
         }
+
+    async def add_memory(self, owner: str, execution_id: uuid.UUID, key: str, content: str) -> None:
+        async with self.session() as s:
+            s.add(AgentMemory(owner=owner, execution_id=execution_id, key=key, content=content))
+            await s.commit()
+
+    async def recent_memories(self, owner: str, limit: int) -> list[AgentMemory]:
+        """The newest `limit` memories of `owner`, oldest first."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(AgentMemory)
+                .where(AgentMemory.owner == owner)
+                .order_by(AgentMemory.id.desc())
+                .limit(limit)
+            )
+            return list(reversed(list(rows.scalars())))
 
     async def mark_interrupted(self) -> int:
         """Executions left `running` by a process that no longer exists become `interrupted`."""

@@ -1,16 +1,47 @@
-"""The mixin protocol and `MixinRegistry`: name, version, description, config, dependencies."""
+"""The mixin protocol and `MixinRegistry`: name, version, description, config, dependencies.
+
+A mixin changes an invocation through hooks: `prepare` edits the request before the model is
+called, `finish` checks or reshapes the answer (and may reject it for one repair attempt),
+`after_commit` runs once the invocation is recorded.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import ValidationError, known
+from qmcp.agentframework.errors import QmcpError, ValidationError, known
+
+if TYPE_CHECKING:
+    import uuid
+
+    from qmcp.agentframework.llm import LLMRequest
+    from qmcp.agentframework.models import AgentType, CapabilityConfig
+    from qmcp.agentframework.store import Store
 
 
 class MixinConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class OutputRejected(QmcpError):
+    """A mixin refused an answer; `repair` is what the model is told when asked again."""
+
+    def __init__(self, reason: str, repair: str) -> None:
+        super().__init__(reason)
+        self.repair = repair
+
+
+@dataclass(frozen=True)
+class MixinContext:
+    execution_id: uuid.UUID
+    store: Store
+    agent: AgentType
+    slot: str
+    key: str
 
 
 class Mixin:
@@ -21,6 +52,18 @@ class Mixin:
     description: ClassVar[str] = ""
     dependencies: ClassVar[tuple[str, ...]] = ()
     config_model: ClassVar[type[MixinConfig]] = MixinConfig
+
+    def __init__(self, config: MixinConfig) -> None:
+        self.config = config
+
+    async def prepare(self, request: LLMRequest, ctx: MixinContext) -> LLMRequest:
+        return request
+
+    async def finish(self, output: dict[str, Any], ctx: MixinContext) -> None:
+        """Check or reshape `output` in place; raise `OutputRejected` to ask for a repair."""
+
+    async def after_commit(self, output: dict[str, Any], ctx: MixinContext) -> None:
+        """Runs after the invocation's row is recorded."""
 
 
 class MixinRegistry:
@@ -37,8 +80,52 @@ class MixinRegistry:
             return cls._mixins[name]
         except KeyError:
             raise ValidationError(
-                f"unknown mixin {name!r}; known: {known(sorted(cls._mixins)) or 'none yet'}"
+                f"unknown mixin {name!r}; known: {known(sorted(cls._mixins)) or 'none'} "
+                "(see `qmcp agents mixins`)"
             ) from None
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return sorted(cls._mixins)
+
+    @classmethod
+    def unregister(cls, name: str) -> None:
+        cls._mixins.pop(name, None)
+
+    @classmethod
+    def resolve(cls, capabilities: list[CapabilityConfig]) -> list[Mixin]:
+        """Enabled mixins with their dependencies, dependencies first; cycles are rejected."""
+        configs = {c.name: c.config for c in capabilities if c.enabled}
+        ordered: list[str] = []
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in ordered:
+                return
+            if name in visiting:
+                cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+                raise ValidationError(f"mixin dependencies form a cycle: {cycle}")
+            visiting.append(name)
+            for dependency in cls.get(name).dependencies:
+                visit(dependency)
+            visiting.pop()
+            ordered.append(name)
+
+        for name in configs:
+            visit(name)
+        instances = []
+        for name in ordered:
+            mixin = cls.get(name)
+            try:
+                config = mixin.config_model.model_validate(configs.get(name, {}))
+            except PydanticValidationError as exc:
+                from qmcp.agentframework.topologies.base import describe_validation_error
+
+                raise ValidationError(
+                    f"invalid config for mixin {name!r}: {describe_validation_error(exc)}"
+                ) from None
+            instances.append(mixin(config))
+        return instances
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:

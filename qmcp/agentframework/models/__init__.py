@@ -10,6 +10,7 @@ from qmcp.agentframework.models.enums import (
     TopologyType,
 )
 from qmcp.agentframework.models.tables import (
+    AgentMemory,
     AgentType,
     Execution,
     Invocation,
@@ -21,6 +22,7 @@ from qmcp.agentframework.models.topology_configs import EnsembleConfig, Pipeline
 
 __all__ = [
     "AgentConfig",
+    "AgentMemory",
     "AgentRole",
     "AgentType",
     "AggregationMethod",

@@ -130,3 +130,16 @@ class Invocation(SQLModel, table=True):
     duration_ms: float = 0.0
     started_at: datetime = Field(sa_type=DateTime(timezone=True))
     completed_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class AgentMemory(SQLModel, table=True):
+    """What the `memory` mixin keeps for an agent across executions."""
+
+    __tablename__ = "agent_memories"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(index=True, max_length=100)
+    execution_id: uuid.UUID
+    key: str = Field(max_length=500)
+    content: str = Field(sa_type=Text)
+    created_at: datetime = _ts()

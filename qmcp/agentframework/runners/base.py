@@ -16,6 +16,7 @@ from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError, known
+from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
     AgentType,
@@ -303,12 +304,17 @@ def validate_agent_config(slot: str, agent: AgentType) -> AgentConfig:
     from qmcp.agentframework.topologies.base import describe_validation_error
 
     try:
-        return AgentConfig.model_validate(agent.config or {})
+        config = AgentConfig.model_validate(agent.config or {})
     except PydanticValidationError as exc:
         raise ValidationError(
             f"agent {agent.name!r} in slot {slot!r} has an invalid config: "
             f"{describe_validation_error(exc)}"
         ) from None
+    try:
+        MixinRegistry.resolve(config.capabilities)
+    except ValidationError as exc:
+        raise ValidationError(f"agent {agent.name!r} in slot {slot!r}: {exc}") from None
+    return config
 
 
 R = TypeVar("R", bound=type[BaseRunner])

@@ -22,6 +22,7 @@ from qmcp.agentframework.errors import (
     QmcpError,
 )
 from qmcp.agentframework.llm import LLMRequest, Message, ProviderRegistry, estimate_cost
+from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
 from qmcp.agentframework.topologies.text import render_payload
@@ -83,7 +84,7 @@ class Engine:
         self.done = 0
         self.pending_rows: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
-        self._agent_configs: dict[str, AgentConfig] = {}
+        self._setups: dict[str, tuple[AgentConfig, list[Mixin]]] = {}
 
     # -- RunContext -------------------------------------------------------------------------
 
@@ -118,13 +119,14 @@ class Engine:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return cached
-        agent_config = self._agent_config(slot, agent)
+        agent_config, mixins = self._agent_setup(slot, agent)
         model = agent_config.model_config_obj
         provider = ProviderRegistry.get(model.provider)
         cfg = self.config
         retries = cfg.max_retries if cfg.retry_on_failure else 0
         # A self-retrying provider (the Anthropic SDK) backs off inside one attempt.
-        allowed = 1 if provider.self_retrying else 1 + retries
+        transient_left = 0 if provider.self_retrying else retries
+        repairs_left = max((getattr(m, "max_repairs", 0) for m in mixins), default=0)
         prompt = render_payload(payload)
         request = LLMRequest(
             model=model.model,
@@ -138,19 +140,24 @@ class Engine:
             role=str(agent.role),
             slot=slot,
         )
+        mixin_ctx = MixinContext(self.execution_id, self.store, agent, slot, key)
+        for mixin in mixins:
+            request = await mixin.prepare(request, mixin_ctx)
         # The SDK applies its timeout per try; bound the whole attempt including its backoff.
         deadline = agent_config.timeout_seconds * (request.max_retries + 1) + (
             BACKOFF_MAX_SECONDS * request.max_retries
         )
-        trace = {"system": request.system, "prompt": prompt} if cfg.trace_enabled else {}
-        for try_index in range(allowed):
+        backoff_step = 0
+        while True:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
             await self._emit("started", key, slot, agent.name, attempt)
             started = utcnow()
             t0 = time.perf_counter()
             error: str | None = None
             retryable = False
+            repair: str | None = None
             response = None
+            output: dict[str, Any] | None = None
             try:
                 if self.limiter is None:
                     async with asyncio.timeout(deadline):
@@ -158,6 +165,11 @@ class Engine:
                 else:
                     async with self.limiter, asyncio.timeout(deadline):
                         response = await provider.complete(request)
+                output = {"content": response.text, "agent": agent.name, "slot": slot}
+                for mixin in mixins:
+                    await mixin.finish(output, mixin_ctx)
+            except OutputRejected as exc:
+                error, repair = str(exc), exc.repair
             except ProviderError as exc:
                 error, retryable = str(exc), exc.retryable
             except TimeoutError:
@@ -167,6 +179,11 @@ class Engine:
             except Exception as exc:  # a provider bug or a failing test function
                 error, retryable = f"{type(exc).__name__}: {exc}", True
             duration_ms = (time.perf_counter() - t0) * 1000
+            trace = (
+                {"system": request.system, "messages": [m.content for m in request.messages]}
+                if cfg.trace_enabled
+                else {}
+            )
             row: dict[str, Any] = {
                 "execution_id": self.execution_id,
                 "key": key,
@@ -179,33 +196,51 @@ class Engine:
                 "started_at": started,
                 "completed_at": utcnow(),
                 "duration_ms": round(duration_ms, 3),
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "cost_usd": None,
             }
             if response is not None:
                 label = model.label if model.provider != "anthropic" else response.model
-                output = {"content": response.text, "agent": agent.name, "slot": slot}
                 row.update(
-                    status=InvocationStatus.COMPLETED,
-                    output=output,
-                    error=None,
                     input_tokens=response.input_tokens,
                     output_tokens=response.output_tokens,
                     cost_usd=estimate_cost(label, response.input_tokens, response.output_tokens),
                 )
+            if error is None and output is not None:
+                row.update(status=InvocationStatus.COMPLETED, output=output, error=None)
                 await self._record(row)
                 self.checkpoints[key] = output
                 self.done += 1
+                for mixin in mixins:
+                    await mixin.after_commit(output, mixin_ctx)
                 await self._emit("completed", key, slot, agent.name, attempt, duration_ms)
                 return output
             row.update(status=InvocationStatus.FAILED, output=None, error=error)
             await self._record(row)
             log.warning("invocation %s attempt %d failed: %s", key, attempt, error)
-            if retryable and try_index < allowed - 1:
+            if repair is not None and repairs_left > 0 and response is not None:
+                repairs_left -= 1
+                request = request.model_copy(
+                    update={
+                        "messages": [
+                            *request.messages,
+                            Message(role="assistant", content=response.text),
+                            Message(role="user", content=repair),
+                        ]
+                    }
+                )
                 await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
-                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**try_index))
+                continue
+            if retryable and transient_left > 0:
+                transient_left -= 1
+                await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
+                delay = BACKOFF_BASE_SECONDS * 2**backoff_step
+                backoff_step += 1
+                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, delay))
                 continue
             await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
             raise InvocationFailed(key, slot, error or "unknown error")
-        raise AssertionError("unreachable")
 
     # -- recording --------------------------------------------------------------------------
 
@@ -220,11 +255,12 @@ class Engine:
         rows, self.pending_rows = self.pending_rows, []
         await self.store.record_invocations(rows)
 
-    def _agent_config(self, slot: str, agent: AgentType) -> AgentConfig:
-        config = self._agent_configs.get(slot)
-        if config is None:
-            config = self._agent_configs[slot] = AgentConfig.model_validate(agent.config or {})
-        return config
+    def _agent_setup(self, slot: str, agent: AgentType) -> tuple[AgentConfig, list[Mixin]]:
+        setup = self._setups.get(slot)
+        if setup is None:
+            config = AgentConfig.model_validate(agent.config or {})
+            setup = self._setups[slot] = (config, MixinRegistry.resolve(config.capabilities))
+        return setup
 
     async def _emit(
         self,
