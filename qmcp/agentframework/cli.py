@@ -145,12 +145,28 @@ def agents_create(
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="0.0 to 1.0")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
+    mixin: Annotated[
+        list[str] | None, typer.Option("--mixin", help="a mixin with its default config; repeat")
+    ] = None,
+    capabilities_json: Annotated[
+        str | None,
+        typer.Option(help='mixins with config: [{"name": "memory", "config": {...}}]'),
+    ] = None,
     fmt: FormatOption = "table",
 ) -> None:
     """Create an agent type."""
     from qmcp.agentframework import service
 
     _check_format(fmt)
+    capabilities: list[dict[str, Any]] = [{"name": name} for name in mixin or []]
+    if capabilities_json:
+        try:
+            parsed = json.loads(capabilities_json)
+        except ValueError as exc:
+            _fail(f"--capabilities-json is not valid JSON: {exc}")
+        if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
+            _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
+        capabilities += parsed
     agent = _call(
         lambda: service.create_agent(
             name,
@@ -160,6 +176,7 @@ def agents_create(
             system_prompt=system_prompt,
             temperature=temperature,
             max_tokens=max_tokens,
+            capabilities=capabilities,
         )
     )
     data = service.agent_to_dict(agent)
