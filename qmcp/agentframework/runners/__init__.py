@@ -3,6 +3,7 @@
 from qmcp.agentframework.runners.async_runner import AsyncRunner
 from qmcp.agentframework.runners.base import (
     BaseRunner,
+    PreparedRun,
     RunConfig,
     RunnerRegistry,
     RunResult,
@@ -16,6 +17,7 @@ __all__ = [
     "BaseRunner",
     "InvocationEvent",
     "LocalRunner",
+    "PreparedRun",
     "RunConfig",
     "RunResult",
     "RunnerRegistry",

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -117,6 +118,23 @@ def restore(snapshot: dict[str, Any]) -> tuple[Topology, dict[str, AgentType]]:
     return topology, agents
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """An execution that is recorded and ready to run (new, or claimed for resume)."""
+
+    execution: Execution
+    kind: TopologyKind
+    config: Any
+    agents: dict[str, AgentType]
+    input: dict[str, Any]
+    checkpoints: dict[str, dict[str, Any]]
+    previous_ms: int
+
+    @property
+    def execution_id(self) -> uuid.UUID:
+        return self.execution.id
+
+
 class BaseRunner:
     """Runs topologies, records every execution and invocation, resumes from checkpoints.
 
@@ -143,6 +161,20 @@ class BaseRunner:
         on_event: EventHandler | None = None,
     ) -> RunResult:
         """Validate, record a new execution, run the topology and record the outcome."""
+        prepared = await self.start(topology, agents, input_data)
+        return await self.finish(prepared, on_event=on_event)
+
+    async def start(
+        self,
+        topology: Topology,
+        agents: Mapping[str, AgentType],
+        input_data: Mapping[str, Any],
+    ) -> PreparedRun:
+        """Validate everything and write the execution row; nothing is written on bad input.
+
+        `run` is `start` then `finish`; callers that must return an execution id at once (the
+        MCP server's `wait=false`) call them apart.
+        """
         kind = TopologyRegistry.get(topology.topology_type)
         config = kind.validate(topology.config, agents.keys())
         for slot, agent in agents.items():
@@ -162,12 +194,10 @@ class BaseRunner:
             started_at=utcnow(),
         )
         await self.store.add_execution(execution)
-        return await self._execute(execution, kind, config, dict(agents), data, {}, on_event, 0)
+        return PreparedRun(execution, kind, config, dict(agents), data, {}, 0)
 
-    async def resume(
-        self, execution_id: uuid.UUID | str, *, on_event: EventHandler | None = None
-    ) -> RunResult:
-        """Finish a failed, cancelled or interrupted execution; completed invocations are reused."""
+    async def claim(self, execution_id: uuid.UUID | str) -> PreparedRun:
+        """Take a resumable execution for this process and load its checkpoints."""
         ident = parse_execution_id(execution_id)
         await self.store.init()
         execution = await self.store.claim_execution(ident, owner_token())
@@ -175,15 +205,35 @@ class BaseRunner:
         kind = TopologyRegistry.get(topology.topology_type)
         config = kind.parse_config(topology.config)
         checkpoints = await self.store.checkpoints(ident)
-        return await self._execute(
+        return PreparedRun(
             execution,
             kind,
             config,
             agents,
             execution.input,
             checkpoints,
-            on_event,
             execution.duration_ms or 0,
+        )
+
+    async def resume(
+        self, execution_id: uuid.UUID | str, *, on_event: EventHandler | None = None
+    ) -> RunResult:
+        """Finish a failed, cancelled or interrupted execution; completed invocations are reused."""
+        return await self.finish(await self.claim(execution_id), on_event=on_event)
+
+    async def finish(
+        self, prepared: PreparedRun, *, on_event: EventHandler | None = None
+    ) -> RunResult:
+        """Run a started or claimed execution to its end and record the outcome."""
+        return await self._execute(
+            prepared.execution,
+            prepared.kind,
+            prepared.config,
+            prepared.agents,
+            prepared.input,
+            prepared.checkpoints,
+            on_event,
+            prepared.previous_ms,
         )
 
     # -- the run ----------------------------------------------------------------------------
