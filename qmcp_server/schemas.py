@@ -1,0 +1,134 @@
+"""Typed tool arguments and structured results of the MCP tools."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Role = Literal[
+    "planner",
+    "executor",
+    "reviewer",
+    "critic",
+    "synthesizer",
+    "specialist",
+    "coordinator",
+    "observer",
+]
+Status = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+
+
+class Capability(BaseModel):
+    name: str = Field(description="a mixin name from mixins_list", max_length=100)
+    config: dict[str, Any] = Field(default_factory=dict, description="the mixin's config")
+    enabled: bool = True
+
+
+class AgentInfo(BaseModel):
+    name: str
+    role: str
+    model: str | None
+    description: str
+    config: dict[str, Any]
+    version: int
+    created_at: str | None
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
+class MixinInfo(BaseModel):
+    name: str
+    version: str
+    description: str
+    dependencies: list[str]
+    config_schema: dict[str, Any]
+
+
+class MixinList(BaseModel):
+    mixins: list[MixinInfo]
+
+
+class TopologyInfo(BaseModel):
+    name: str
+    topology_type: str
+    description: str
+    config: dict[str, Any]
+    slots: dict[str, str | None]
+    mermaid: str | None = None
+
+
+class TopologyList(BaseModel):
+    topologies: list[TopologyInfo]
+
+
+class RunOutcome(BaseModel):
+    execution_id: str
+    status: Status
+    topology_name: str
+    runner_type: str
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+    correlation_id: str | None = None
+    resource_uri: str = Field(description="read this resource for the full record")
+
+
+class InvocationInfo(BaseModel):
+    key: str
+    slot: str
+    agent_name: str
+    provider: str
+    model: str
+    status: str
+    attempt: int
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    duration_ms: float
+    started_at: str | None
+    completed_at: str | None
+
+
+class ExecutionInfo(BaseModel):
+    id: str
+    topology_name: str
+    runner_type: str
+    status: Status
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: str | None
+    correlation_id: str | None
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    duration_ms: int | None
+    invocation_count: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    invocations: list[InvocationInfo] | None = None
+
+
+class ExecutionList(BaseModel):
+    executions: list[ExecutionInfo]
+
+
+class RunnerInfo(BaseModel):
+    runner_type: str
+    description: str
+
+
+class RunnerList(BaseModel):
+    runners: list[RunnerInfo]
+
+
+class CancelOutcome(BaseModel):
+    execution_id: str
+    status: Status
+    message: str
