@@ -19,7 +19,12 @@ def anyio_backend() -> str:
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own database and no real credentials or endpoints."""
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "QMCP_DEFAULT_MODEL"):
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "QMCP_DEFAULT_MODEL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QMCP_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/agent.db")
     monkeypatch.setenv("USERNAME", os.environ.get("USERNAME", "qmcp-tests"))

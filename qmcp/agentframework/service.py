@@ -319,10 +319,11 @@ def invocation_to_dict(invocation: Invocation) -> dict[str, Any]:
 
 
 def runners_list() -> list[dict[str, Any]]:
-    return [
-        {"runner_type": name, "description": (cls.__doc__ or "").strip().splitlines()[0]}
-        for name, cls in ((n, RunnerRegistry.get(n)) for n in RunnerRegistry.list())
-    ]
+    rows = []
+    for name in RunnerRegistry.list():
+        doc = (RunnerRegistry.get(name).__doc__ or "").strip()
+        rows.append({"runner_type": name, "description": doc.splitlines()[0] if doc else ""})
+    return rows
 
 
 def _iso(value: Any) -> str | None:

@@ -262,7 +262,7 @@ class Store:
                 .where(TopologyMembership.topology_id == topology.id)
                 .order_by(TopologyMembership.position)  # type: ignore[arg-type]
             )
-            slots = {m.slot_name: a for m, a in rows.tuples()}
+            slots = {m.slot_name: a for m, a in rows}
         return topology, slots
 
     async def list_topologies(self) -> list[tuple[Topology, list[str]]]:
@@ -274,7 +274,7 @@ class Store:
                 )
             )
             slots: dict[int, list[str]] = {}
-            for topology_id, slot in rows.tuples():
+            for topology_id, slot in rows:
                 slots.setdefault(topology_id, []).append(slot)
         return [(t, slots.get(t.id or -1, [])) for t in topologies]
 
@@ -348,7 +348,7 @@ class Store:
                 .where(Invocation.execution_id == execution_id)  # type: ignore[arg-type]
                 .where(Invocation.status == InvocationStatus.COMPLETED)
             )
-            return {key: output for key, output in rows.tuples() if output is not None}
+            return {key: output for key, output in rows if output is not None}
 
     async def record_invocations(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert invocation rows in one short transaction (one row: a durable checkpoint)."""
@@ -410,7 +410,7 @@ class Store:
                     Execution.status == ExecutionStatus.RUNNING
                 )
             )
-            dead = [ident for ident, owner in rows.tuples() if owner_alive(owner) is False]
+            dead = [ident for ident, owner in rows if owner_alive(owner) is False]
             if dead:
                 await s.execute(
                     update(Execution)

@@ -8,6 +8,8 @@ from qmcp.agentframework.runners.base import BaseRunner, RunConfig, runner
 
 @runner
 class AsyncRunner(BaseRunner):
+    """Concurrent branches, at most `max_concurrent` model calls at once."""
+
     runner_type = "async"
 
     def __init__(

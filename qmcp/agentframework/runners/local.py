@@ -7,6 +7,8 @@ from qmcp.agentframework.runners.base import BaseRunner, RunConfig, runner
 
 @runner
 class LocalRunner(BaseRunner):
+    """In-process, one invocation at a time: best for development and testing."""
+
     runner_type = "local"
     concurrency = None
 
