@@ -215,8 +215,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
             )
         except QmcpError as exc:
             raise _tool_error(exc) from None
-        info = service.topology_to_dict(topology, list(slots))
-        info["slots"] = dict(slots)
+        info = service.topology_to_dict(topology, slots)
         return TopologyInfo(**info, mermaid=mermaid(info["topology_type"], info["config"], slots))
 
     @mcp.tool(annotations=READ_ONLY)

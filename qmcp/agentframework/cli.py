@@ -274,7 +274,7 @@ def topologies_create(
             name, topology_type, slots, config=config, description=description
         )
     )
-    data = service.topology_to_dict(topology, list(slots))
+    data = service.topology_to_dict(topology, slots)
     if fmt == "json":
         _print_json(data)
     else:

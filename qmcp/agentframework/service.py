@@ -168,7 +168,7 @@ async def create_topology(
     return await store.add_topology(topology, agents)
 
 
-async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, list[str]]]:
+async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, dict[str, str]]]:
     return await Store(db_url).list_topologies()
 
 
@@ -179,12 +179,12 @@ async def get_topology(
 
 
 def topology_to_dict(
-    topology: Topology, slots: Mapping[str, AgentType] | list[str]
+    topology: Topology, slots: Mapping[str, AgentType] | Mapping[str, str]
 ) -> dict[str, Any]:
-    if isinstance(slots, Mapping):
-        slot_map: dict[str, Any] = {slot: agent.name for slot, agent in slots.items()}
-    else:
-        slot_map = dict.fromkeys(slots)
+    """A topology as plain data; `slots` maps slot -> agent or agent name."""
+    slot_map = {
+        slot: agent if isinstance(agent, str) else agent.name for slot, agent in slots.items()
+    }
     return {
         "name": topology.name,
         "description": topology.description,

@@ -265,18 +265,19 @@ class Store:
             slots = {m.slot_name: a for m, a in rows}
         return topology, slots
 
-    async def list_topologies(self) -> list[tuple[Topology, list[str]]]:
+    async def list_topologies(self) -> list[tuple[Topology, dict[str, str]]]:
+        """Every topology with its slots (slot -> agent name), in slot order."""
         async with self.session() as s:
             topologies = list((await s.execute(select(Topology).order_by(Topology.name))).scalars())
             rows = await s.execute(
-                select(TopologyMembership.topology_id, TopologyMembership.slot_name).order_by(
-                    TopologyMembership.position  # type: ignore[arg-type]
-                )
+                select(TopologyMembership.topology_id, TopologyMembership.slot_name, AgentType.name)
+                .join(AgentType, AgentType.id == TopologyMembership.agent_type_id)
+                .order_by(TopologyMembership.position)
             )
-            slots: dict[int, list[str]] = {}
-            for topology_id, slot in rows:
-                slots.setdefault(topology_id, []).append(slot)
-        return [(t, slots.get(t.id or -1, [])) for t in topologies]
+            slots: dict[int, dict[str, str]] = {}
+            for topology_id, slot, agent_name in rows:
+                slots.setdefault(topology_id, {})[slot] = agent_name
+        return [(t, slots.get(t.id or -1, {})) for t in topologies]
 
     # -- executions -------------------------------------------------------------------------
 
