@@ -1,6 +1,6 @@
 """Topology kinds (one module each), aggregation, and the `TopologyRegistry`."""
 
-from qmcp.agentframework.topologies import ensemble, pipeline
+from qmcp.agentframework.topologies import chain_of_command, delegation, ensemble, pipeline
 from qmcp.agentframework.topologies.aggregation import aggregate, synthesis_prompt
 from qmcp.agentframework.topologies.base import (
     Output,
@@ -8,11 +8,15 @@ from qmcp.agentframework.topologies.base import (
     TopologyKind,
     TopologyRegistry,
 )
+from qmcp.agentframework.topologies.chain_of_command import ChainOfCommandConfig
+from qmcp.agentframework.topologies.delegation import DelegationConfig
 
-TopologyRegistry.register(pipeline.KIND)
-TopologyRegistry.register(ensemble.KIND)
+for _kind in (pipeline.KIND, ensemble.KIND, chain_of_command.KIND, delegation.KIND):
+    TopologyRegistry.register(_kind)
 
 __all__ = [
+    "ChainOfCommandConfig",
+    "DelegationConfig",
     "Output",
     "RunContext",
     "TopologyKind",
