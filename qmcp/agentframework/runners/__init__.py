@@ -11,12 +11,14 @@ from qmcp.agentframework.runners.base import (
 )
 from qmcp.agentframework.runners.engine import InvocationEvent
 from qmcp.agentframework.runners.local import LocalRunner
+from qmcp.agentframework.runners.metaflow_runner import MetaflowRunner
 
 __all__ = [
     "AsyncRunner",
     "BaseRunner",
     "InvocationEvent",
     "LocalRunner",
+    "MetaflowRunner",
     "PreparedRun",
     "RunConfig",
     "RunResult",

@@ -1,0 +1,97 @@
+"""Run a topology program step by step: what the Metaflow runner's generated steps are made of.
+
+A `ReplayContext` answers `invoke` from recorded outcomes; where none is recorded it stops the
+program with `Pending`, naming every call the program is waiting for (all branches of a `gather`
+at once). Running the program again after those calls are answered moves it forward. Because the
+program is the same one LocalRunner and AsyncRunner run, the output is the same on every runner.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from qmcp.agentframework.errors import InvocationFailed, NotFoundError
+from qmcp.agentframework.models import AgentType
+
+T = TypeVar("T")
+Outcome = dict[str, Any]  # {"ok": output} or {"failed": reason}
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    key: str
+    slot: str
+    payload: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "slot": self.slot, "payload": self.payload}
+
+
+class Pending(BaseException):
+    """The program needs these calls answered before it can go on.
+
+    A BaseException so that a topology's `except Exception` cannot swallow it.
+    """
+
+    def __init__(self, calls: list[PendingCall]) -> None:
+        super().__init__(f"{len(calls)} pending call(s)")
+        self.calls = calls
+
+
+class ReplayContext:
+    """A `RunContext` over recorded outcomes, key by key, in the order the program asks."""
+
+    def __init__(self, agents: dict[str, AgentType], outcomes: dict[str, list[Outcome]]) -> None:
+        self.agents = agents
+        self.outcomes = outcomes
+        self._seen: dict[str, int] = {}
+
+    def slots(self, prefix: str | None = None) -> list[str]:
+        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
+
+    def agent(self, slot: str) -> AgentType:
+        try:
+            return self.agents[slot]
+        except KeyError:
+            raise NotFoundError(f"no agent in slot {slot!r}") from None
+
+    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
+        key = key or slot
+        self.agent(slot)
+        index = self._seen.get(key, 0)
+        self._seen[key] = index + 1
+        recorded = self.outcomes.get(key, [])
+        if index >= len(recorded):
+            raise Pending([PendingCall(key, slot, payload)])
+        outcome = recorded[index]
+        if "ok" in outcome:
+            return dict(outcome["ok"])
+        raise InvocationFailed(key, slot, str(outcome.get("failed", "unknown error")))
+
+    async def try_invoke(
+        self, slot: str, payload: Any, *, key: str | None = None
+    ) -> dict[str, Any] | InvocationFailed:
+        try:
+            return await self.invoke(slot, payload, key=key)
+        except InvocationFailed as exc:
+            return exc
+
+    async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        results: list[T] = []
+        pending: list[PendingCall] = []
+        for item in list(awaitables):
+            try:
+                results.append(await item)
+            except Pending as signal:
+                pending.extend(signal.calls)
+        if pending:
+            raise Pending(pending)
+        return results
+
+
+def owned(calls: list[PendingCall], patterns: list[str]) -> list[PendingCall]:
+    """The calls whose keys match one of `patterns` (shell-style: `stage-0/*`, `checker_*`)."""
+    return [c for c in calls if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
