@@ -132,3 +132,9 @@ class CancelOutcome(BaseModel):
     execution_id: str
     status: Status
     message: str
+
+
+class FlowInfo(BaseModel):
+    path: str
+    source: str
+    run_command: str

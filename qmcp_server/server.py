@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
@@ -32,6 +32,7 @@ from qmcp_server.schemas import (
     Capability,
     ExecutionInfo,
     ExecutionList,
+    FlowInfo,
     MixinInfo,
     MixinList,
     Role,
@@ -371,6 +372,27 @@ def build_server(db_url: str | None = None) -> MCPServer:
                 resource_uri=f"qmcp://executions/{execution.id}",
             )
         return _outcome(await _finish_with_progress(ctx, run_runner, prepared))
+
+    @mcp.tool(annotations=CREATE)
+    async def flows_generate(
+        topology: Annotated[str, Field(description="the topology's name", max_length=100)],
+        environment: Annotated[
+            Literal["local", "kubernetes", "batch"],
+            Field(description="kubernetes/batch add @kubernetes/@batch, @retry and @timeout"),
+        ] = "local",
+    ) -> FlowInfo:
+        """Generate a topology's Metaflow flow file (in ./generated_flows) and return its source."""
+        try:
+            path, source = await service.generate_flow(
+                topology, environment=environment, db_url=db_url
+            )
+        except QmcpError as exc:
+            raise _tool_error(exc) from None
+        return FlowInfo(
+            path=path,
+            source=source,
+            run_command=f'python {path} run --input-json \'{{"prompt": "..."}}\'',
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     async def runners_list() -> RunnerList:

@@ -30,6 +30,7 @@ EXPECTED_TOOLS = {
     "executions_cancel",
     "executions_resume",
     "runners_list",
+    "flows_generate",
 }
 
 

@@ -299,7 +299,7 @@ def topologies_run(
     input_json: Annotated[
         str, typer.Option("--input-json", help="the input, a JSON object")
     ] = "{}",
-    runner: Annotated[str, typer.Option(help="local or async")] = "local",
+    runner: Annotated[str, typer.Option(help="local, async or metaflow")] = "local",
     max_concurrent: Annotated[
         int | None, typer.Option(help="async runner: model calls at once (default 5)")
     ] = None,
@@ -397,6 +397,24 @@ def _show_result(result: RunResult, fmt: str) -> None:
             console.print(f"[red]error:[/] {result.error}")
     if result.status != "completed":
         raise typer.Exit(1)
+
+
+@topologies_app.command("flow")
+def topologies_flow(
+    name: Annotated[str, typer.Argument(help="the topology")],
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="file (default generated_flows/NAME_flow.py)"),
+    ] = None,
+    environment: Annotated[str, typer.Option(help="local, kubernetes or batch")] = "local",
+) -> None:
+    """Generate the topology's Metaflow flow without running it."""
+    from qmcp.agentframework import service
+
+    path, _ = _call(lambda: service.generate_flow(name, environment=environment, output=output))
+    _console().print(
+        f'wrote {path}; run it with: python {path} run --input-json \'{{"prompt": "…"}}\''
+    )
 
 
 # -- executions -----------------------------------------------------------------------------

@@ -229,6 +229,23 @@ async def run_topology(
     return await runner.run(topology, agents, input_data, on_event=on_event)
 
 
+async def generate_flow(
+    name: str,
+    *,
+    environment: str = "local",
+    output: str | None = None,
+    output_dir: str = "./generated_flows",
+    db_url: str | None = None,
+) -> tuple[str, str]:
+    """Write the Metaflow flow for a stored topology; returns (path, source)."""
+    from qmcp.agentframework.runners import MetaflowRunner
+
+    runner = MetaflowRunner(output_dir=output_dir, environment=environment, db_url=db_url)  # type: ignore[arg-type]
+    topology, agents = await get_topology(name, db_url)
+    path = runner.write_flow(topology, agents, output)
+    return str(path), path.read_text(encoding="utf-8")
+
+
 async def resume_execution(
     execution_id: str | uuid.UUID,
     *,
