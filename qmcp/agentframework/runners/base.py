@@ -99,6 +99,7 @@ def snapshot_of(topology: Topology, agents: Mapping[str, AgentType], config: Any
             "topology_type": str(topology.topology_type),
             "config": config.model_dump(mode="json"),
         },
+        "slot_order": list(agents),
         "agents": {
             slot: {
                 "id": agent.id,
@@ -113,8 +114,14 @@ def snapshot_of(topology: Topology, agents: Mapping[str, AgentType], config: Any
 
 
 def restore(snapshot: dict[str, Any]) -> tuple[Topology, dict[str, AgentType]]:
+    """Rebuild a snapshot's topology and agents, slots in their original order.
+
+    Slot order is meaning (pipeline stages), and JSON object order does not survive every
+    store or serializer, so the order travels as its own list.
+    """
     topology = Topology(**snapshot["topology"])
-    agents = {slot: AgentType(**data) for slot, data in snapshot["agents"].items()}
+    order = snapshot.get("slot_order") or list(snapshot["agents"])
+    agents = {slot: AgentType(**snapshot["agents"][slot]) for slot in order}
     return topology, agents
 
 
