@@ -16,7 +16,6 @@ from qmcp.agentframework.models import (
     AgentConfig,
     AgentRole,
     AgentType,
-    CapabilityConfig,
     ModelConfig,
     Models,
     Topology,
