@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, count_tokens
 
@@ -25,8 +26,54 @@ def _excerpt(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+# Format requests a topology writes into its prompt; the offline model answers them in kind, as
+# a real model would. They must match chain_of_command.PLAN_FORMAT and delegation.ROUTE_FORMAT
+# (llm/ does not import topologies/; tests/test_offline.py holds them together).
+SUBTASKS_MARKER = 'JSON of the form {"subtasks": ['
+ROUTE_MARKER = 'JSON of the form {"route": ['
+_AT_MOST_SUBTASKS = re.compile(r"at most (\d+) subtasks|between 1 and (\d+) subtasks")
+_SPECIALIST_LINE = re.compile(r"^- ([^:\s]+): agent ", re.M)
+_AT_MOST_SPECIALISTS = re.compile(r"at least 1 and at most (\d+)")
+
+
+def _section(prompt: str, heading: str) -> str:
+    """The paragraph after a 'Heading:' line (the task a topology quoted)."""
+    _, found, rest = prompt.partition(f"\n{heading}:\n")
+    return rest.split("\n\n", 1)[0] if found else prompt
+
+
+def _structured_answer(request: LLMRequest, digest: int) -> str | None:
+    prompt = request.prompt
+    if SUBTASKS_MARKER in prompt:
+        match = _AT_MOST_SUBTASKS.search(prompt)
+        limit = int(next(g for g in match.groups() if g)) if match else 3
+        count = max(1, min(limit, 2 + digest % 2))  # 2 or 3 subtasks, never above the limit
+        task = _excerpt(_section(prompt, "Task"), 80)
+        subtasks = [
+            {
+                "title": f"Part {i} of {count}",
+                "description": f"{MARK} part {i} of {count} of: {task}",
+            }
+            for i in range(1, count + 1)
+        ]
+        return json.dumps({"subtasks": subtasks})
+    if ROUTE_MARKER in prompt:
+        slots = _SPECIALIST_LINE.findall(prompt)
+        if not slots:
+            return None
+        match = _AT_MOST_SPECIALISTS.search(prompt)
+        limit = int(match.group(1)) if match else 1
+        start = digest % len(slots)
+        route = [slots[(start + i) % len(slots)] for i in range(min(limit, len(slots)))]
+        return json.dumps({"route": route, "reason": f"{MARK} deterministic offline routing"})
+    return None
+
+
 def offline_answer(request: LLMRequest) -> str:
     digest = _digest(request)
+    structured = _structured_answer(request, digest)
+    if structured is not None:
+        return structured
     confidence = 0.55 + (digest % 41) / 100  # 0.55 .. 0.95, stable for the same request
     who = request.agent_name or request.role or "agent"
     topic = _excerpt(request.prompt)
