@@ -23,7 +23,7 @@ from qmcp.agentframework.models import (
 )
 from qmcp.agentframework.runners import AsyncRunner, LocalRunner, MetaflowRunner, RunConfig
 from qmcp.agentframework.store import Store
-from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +104,16 @@ def cases(model: ModelConfig) -> dict[str, tuple[Topology, dict[str, AgentType]]
             continue
         agents = {slot: agent(f"{name}_{slot}", role, model) for slot, role in slots.items()}
         out[name] = (Topology(name=f"conf_{name}", topology_type=kind, config=config), agents)
+    # A compound topology: an ensemble nested as the middle stage of a pipeline.
+    inner_topology, inner_agents = out["ensemble"]
+    out["compound"] = (
+        Topology(name="conf_compound", topology_type=TopologyType.PIPELINE, config={}),
+        {
+            "draft": agent("compound_draft", AgentRole.EXECUTOR, model),
+            "panel": SubTopology(inner_topology, inner_agents),
+            "edit": agent("compound_edit", AgentRole.EXECUTOR, model),
+        },
+    )
     return out
 
 
@@ -124,7 +134,7 @@ async def test_every_kind_gives_the_same_output_on_every_runner(
 ) -> None:
     metaflow = MetaflowRunner(output_dir=tmp_path / "flows", db_url=db_url)
     kinds = cases(model)
-    assert {"pipeline", "ensemble", "chain_of_command", "delegation"} <= set(kinds)
+    assert {"pipeline", "ensemble", "chain_of_command", "delegation", "compound"} <= set(kinds)
     for name, (topology, agents) in kinds.items():
         local = await LocalRunner(db_url=db_url).run(topology, agents, INPUT)
         concurrent = await AsyncRunner(db_url=db_url, max_concurrent=4).run(topology, agents, INPUT)

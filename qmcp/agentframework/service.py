@@ -31,12 +31,13 @@ from qmcp.agentframework.models import (
 from qmcp.agentframework.runners import BaseRunner, RunConfig, RunnerRegistry, RunResult
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.store import Store, parse_execution_id
-from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 from qmcp.agentframework.topologies.base import describe_validation_error
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SLOT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_DESCRIPTION = 10_000
+TOPOLOGY_PREFIX = "topology:"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -151,21 +152,35 @@ async def create_topology(
     description: str | None = None,
     db_url: str | None = None,
 ) -> Topology:
-    """Validate config and slots now, so a topology that exists can run."""
+    """Validate config and slots now, so a topology that exists can run.
+
+    A slot names an agent, or `topology:<name>` for a stored topology (a compound topology).
+    """
     check_name("topology", name)
     kind = TopologyRegistry.get(topology_type)
     for slot in slots:
         check_slot(slot)
     parsed = kind.validate(dict(config or {}), list(slots))
     store = Store(db_url)
-    agents = {slot: await store.get_agent(agent_name) for slot, agent_name in slots.items()}
+    members: dict[str, AgentType | Topology] = {}
+    for slot, member_name in slots.items():
+        if member_name.startswith(TOPOLOGY_PREFIX):
+            sub_name = member_name[len(TOPOLOGY_PREFIX) :]
+            if sub_name == name:
+                raise ValidationError(
+                    f"slot {slot!r}: a topology cannot contain itself ({name!r} -> {name!r})"
+                )
+            members[slot] = await store.get_topology_row(sub_name)
+            await store.get_topology(sub_name)  # its own nesting must be sound
+        else:
+            members[slot] = await store.get_agent(member_name)
     topology = Topology(
         name=name,
         description=check_description(description),
         topology_type=kind.type,
         config=parsed.model_dump(mode="json"),
     )
-    return await store.add_topology(topology, agents)
+    return await store.add_topology(topology, members)
 
 
 async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, dict[str, str]]]:
@@ -182,9 +197,7 @@ def topology_to_dict(
     topology: Topology, slots: Mapping[str, AgentType] | Mapping[str, str]
 ) -> dict[str, Any]:
     """A topology as plain data; `slots` maps slot -> agent or agent name."""
-    slot_map = {
-        slot: agent if isinstance(agent, str) else agent.name for slot, agent in slots.items()
-    }
+    slot_map = {slot: _member_label(member) for slot, member in slots.items()}
     return {
         "name": topology.name,
         "description": topology.description,
@@ -341,6 +354,14 @@ def runners_list() -> list[dict[str, Any]]:
         doc = (RunnerRegistry.get(name).__doc__ or "").strip()
         rows.append({"runner_type": name, "description": doc.splitlines()[0] if doc else ""})
     return rows
+
+
+def _member_label(member: Any) -> str:
+    if isinstance(member, str):
+        return member
+    if isinstance(member, SubTopology):
+        return f"{TOPOLOGY_PREFIX}{member.name}"
+    return str(member.name)
 
 
 def _iso(value: Any) -> str | None:

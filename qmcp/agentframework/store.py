@@ -10,7 +10,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -225,18 +225,23 @@ class Store:
 
     # -- topologies -------------------------------------------------------------------------
 
-    async def add_topology(self, topology: Topology, slots: dict[str, AgentType]) -> Topology:
+    async def add_topology(
+        self, topology: Topology, slots: Mapping[str, AgentType | Topology]
+    ) -> Topology:
+        """Store a topology; a slot holds an agent type or a stored topology (compound)."""
         async with self.session() as s:
             s.add(topology)
             try:
                 await s.flush()
-                for position, (slot, agent) in enumerate(slots.items()):
+                for position, (slot, member) in enumerate(slots.items()):
+                    nested = isinstance(member, Topology)
                     s.add(
                         TopologyMembership(
                             topology_id=topology.id,  # type: ignore[arg-type]
                             slot_name=slot,
                             position=position,
-                            agent_type_id=agent.id,  # type: ignore[arg-type]
+                            agent_type_id=None if nested else member.id,
+                            sub_topology_id=member.id if nested else None,
                         )
                     )
                 await s.commit()
@@ -248,35 +253,72 @@ class Store:
             await s.refresh(topology)
             return topology
 
-    async def get_topology(self, name: str) -> tuple[Topology, dict[str, AgentType]]:
-        """A stored topology and its slots (slot -> agent), in slot order."""
+    async def get_topology(self, name: str) -> tuple[Topology, dict[str, Any]]:
+        """A stored topology and its slots (slot -> agent or SubTopology), in slot order."""
         async with self.session() as s:
             topology = (await s.execute(select(Topology).where(Topology.name == name))).scalar()
             if topology is None:
                 raise NotFoundError(
                     f"no topology named {name!r}; see `qmcp agents topologies list`"
                 )
-            rows = await s.execute(
-                select(TopologyMembership, AgentType)
-                .join(AgentType, AgentType.id == TopologyMembership.agent_type_id)  # type: ignore[arg-type]
-                .where(TopologyMembership.topology_id == topology.id)
-                .order_by(TopologyMembership.position)  # type: ignore[arg-type]
+            return topology, await self._members(s, topology, (topology.id,))
+
+    async def _members(
+        self, s: AsyncSession, topology: Topology, path: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        from qmcp.agentframework.topologies.base import MAX_NESTING, SubTopology
+
+        rows = await s.execute(
+            select(TopologyMembership, AgentType, Topology)
+            .outerjoin(AgentType, AgentType.id == TopologyMembership.agent_type_id)
+            .outerjoin(Topology, Topology.id == TopologyMembership.sub_topology_id)
+            .where(TopologyMembership.topology_id == topology.id)
+            .order_by(TopologyMembership.position)
+        )
+        members: dict[str, Any] = {}
+        for membership, agent, sub in rows.all():
+            if sub is None:
+                members[membership.slot_name] = agent
+                continue
+            if sub.id in path:
+                raise ValidationError(
+                    f"topology {topology.name!r} contains itself through {sub.name!r}"
+                )
+            if len(path) > MAX_NESTING:
+                raise ValidationError(
+                    f"topology {topology.name!r} nests deeper than {MAX_NESTING} levels"
+                )
+            members[membership.slot_name] = SubTopology(
+                sub, await self._members(s, sub, (*path, sub.id))
             )
-            slots = {m.slot_name: a for m, a in rows}
-        return topology, slots
+        return members
+
+    async def get_topology_row(self, name: str) -> Topology:
+        async with self.session() as s:
+            topology = (await s.execute(select(Topology).where(Topology.name == name))).scalar()
+        if topology is None:
+            raise NotFoundError(f"no topology named {name!r}; see `qmcp agents topologies list`")
+        return topology
 
     async def list_topologies(self) -> list[tuple[Topology, dict[str, str]]]:
-        """Every topology with its slots (slot -> agent name), in slot order."""
+        """Every topology with its slots (slot -> agent name, or `topology:<name>`), in order."""
         async with self.session() as s:
             topologies = list((await s.execute(select(Topology).order_by(Topology.name))).scalars())
+            by_id = {t.id: t.name for t in topologies}
             rows = await s.execute(
-                select(TopologyMembership.topology_id, TopologyMembership.slot_name, AgentType.name)
-                .join(AgentType, AgentType.id == TopologyMembership.agent_type_id)
+                select(
+                    TopologyMembership.topology_id,
+                    TopologyMembership.slot_name,
+                    AgentType.name,
+                    TopologyMembership.sub_topology_id,
+                )
+                .outerjoin(AgentType, AgentType.id == TopologyMembership.agent_type_id)
                 .order_by(TopologyMembership.position)
             )
             slots: dict[int, dict[str, str]] = {}
-            for topology_id, slot, agent_name in rows:
-                slots.setdefault(topology_id, {})[slot] = agent_name
+            for topology_id, slot, agent_name, sub_id in rows:
+                label = agent_name if sub_id is None else f"topology:{by_id.get(sub_id)}"
+                slots.setdefault(topology_id, {})[slot] = label
         return [(t, slots.get(t.id or -1, {})) for t in topologies]
 
     # -- executions -------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class Topology(SQLModel, table=True):
 
 
 class TopologyMembership(SQLModel, table=True):
-    """One slot of a stored topology, filled by an agent type."""
+    """One slot of a stored topology, filled by an agent type or by another topology."""
 
     __tablename__ = "topology_memberships"
     __table_args__ = (UniqueConstraint("topology_id", "slot_name"),)
@@ -67,8 +67,13 @@ class TopologyMembership(SQLModel, table=True):
     )
     slot_name: str = Field(max_length=100)
     position: int = Field(default=0)
-    agent_type_id: int = Field(
-        sa_column=Column(Integer, ForeignKey("agent_types.id", ondelete="RESTRICT"), nullable=False)
+    agent_type_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("agent_types.id", ondelete="RESTRICT"), nullable=True),
+    )
+    sub_topology_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("topologies.id", ondelete="RESTRICT"), nullable=True),
     )
 
 

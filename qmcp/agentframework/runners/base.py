@@ -28,7 +28,7 @@ from qmcp.agentframework.models import (
 )
 from qmcp.agentframework.runners.engine import Engine, EventHandler
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
-from qmcp.agentframework.topologies import TopologyKind, TopologyRegistry
+from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKind, TopologyRegistry
 
 log = logging.getLogger("qmcp.run")
 
@@ -90,7 +90,22 @@ def check_input(input_data: Any) -> dict[str, Any]:
     return json.loads(encoded)
 
 
-def snapshot_of(topology: Topology, agents: Mapping[str, AgentType], config: Any) -> dict[str, Any]:
+def snapshot_of(topology: Topology, agents: Mapping[str, Any], config: Any) -> dict[str, Any]:
+    """Everything a resume needs, as JSON: the topology, its config and every slot's member."""
+
+    def member(value: Any) -> dict[str, Any]:
+        if isinstance(value, SubTopology):
+            kind = TopologyRegistry.get(value.topology.topology_type)
+            sub_config = kind.parse_config(value.topology.config)
+            return {"subtopology": snapshot_of(value.topology, value.agents, sub_config)}
+        return {
+            "id": value.id,
+            "name": value.name,
+            "description": value.description,
+            "role": str(value.role),
+            "config": value.config,
+        }
+
     return {
         "topology": {
             "id": topology.id,
@@ -100,16 +115,7 @@ def snapshot_of(topology: Topology, agents: Mapping[str, AgentType], config: Any
             "config": config.model_dump(mode="json"),
         },
         "slot_order": list(agents),
-        "agents": {
-            slot: {
-                "id": agent.id,
-                "name": agent.name,
-                "description": agent.description,
-                "role": str(agent.role),
-                "config": agent.config,
-            }
-            for slot, agent in agents.items()
-        },
+        "agents": {slot: member(value) for slot, value in agents.items()},
     }
 
 
@@ -121,7 +127,13 @@ def restore(snapshot: dict[str, Any]) -> tuple[Topology, dict[str, AgentType]]:
     """
     topology = Topology(**snapshot["topology"])
     order = snapshot.get("slot_order") or list(snapshot["agents"])
-    agents = {slot: AgentType(**snapshot["agents"][slot]) for slot in order}
+    agents: dict[str, Any] = {}
+    for slot in order:
+        data = snapshot["agents"][slot]
+        if "subtopology" in data:
+            agents[slot] = SubTopology(*restore(data["subtopology"]))
+        else:
+            agents[slot] = AgentType(**data)
     return topology, agents
 
 
@@ -184,8 +196,7 @@ class BaseRunner:
         """
         kind = TopologyRegistry.get(topology.topology_type)
         config = kind.validate(topology.config, agents.keys())
-        for slot, agent in agents.items():
-            validate_agent_config(slot, agent)
+        validate_members(agents)
         data = check_input(input_data)
         await self.store.init()
         execution = Execution(
@@ -353,6 +364,20 @@ class BaseRunner:
             )
         await self.store.update_execution(execution.id, **values)
         return completed_at
+
+
+def validate_members(agents: Mapping[str, Any], depth: int = 0) -> None:
+    """Every agent's config and mixins, and every nested topology, down to MAX_NESTING."""
+    for slot, member in agents.items():
+        if isinstance(member, SubTopology):
+            if depth + 1 > MAX_NESTING:
+                raise ValidationError(f"topologies nest deeper than {MAX_NESTING} levels")
+            TopologyRegistry.get(member.topology.topology_type).validate(
+                member.topology.config, member.agents.keys()
+            )
+            validate_members(member.agents, depth + 1)
+        else:
+            validate_agent_config(slot, member)
 
 
 def validate_agent_config(slot: str, agent: AgentType) -> AgentConfig:

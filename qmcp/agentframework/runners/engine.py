@@ -11,7 +11,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -25,6 +25,13 @@ from qmcp.agentframework.llm import LLMRequest, Message, ProviderRegistry, estim
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
+from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies.base import (
+    MAX_NESTING,
+    SubTopology,
+    nested_input,
+    nested_output,
+)
 from qmcp.agentframework.topologies.text import render_payload
 
 if TYPE_CHECKING:
@@ -84,18 +91,16 @@ class Engine:
         self.done = 0
         self.pending_rows: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
-        self._setups: dict[str, tuple[AgentConfig, list[Mixin]]] = {}
+        self._setups: dict[int, tuple[AgentConfig, list[Mixin]]] = {}
+        self.root = Scope(self, agents)
 
-    # -- RunContext -------------------------------------------------------------------------
+    # -- RunContext (the root scope) ---------------------------------------------------------
 
     def slots(self, prefix: str | None = None) -> list[str]:
-        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
+        return self.root.slots(prefix)
 
-    def agent(self, slot: str) -> AgentType:
-        try:
-            return self.agents[slot]
-        except KeyError:
-            raise NotFoundError(f"no agent in slot {slot!r}") from None
+    def agent(self, slot: str) -> Any:
+        return self.root.agent(slot)
 
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
         items = list(awaitables)
@@ -106,20 +111,21 @@ class Engine:
     async def try_invoke(
         self, slot: str, payload: Any, *, key: str | None = None
     ) -> dict[str, Any] | InvocationFailed:
-        try:
-            return await self.invoke(slot, payload, key=key)
-        except InvocationFailed as exc:
-            return exc
+        return await self.root.try_invoke(slot, payload, key=key)
 
     async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
-        key = key or slot
-        agent = self.agent(slot)
+        return await self.root.invoke(slot, payload, key=key)
+
+    async def invoke_agent(
+        self, agent: AgentType, slot: str, payload: Any, key: str
+    ) -> dict[str, Any]:
+        """Call one agent under a full invocation key: checkpoint, retries, mixins, record."""
         cached = self.checkpoints.get(key)
         if cached is not None:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return cached
-        agent_config, mixins = self._agent_setup(slot, agent)
+        agent_config, mixins = self._agent_setup(agent)
         model = agent_config.model_config_obj
         provider = ProviderRegistry.get(model.provider)
         cfg = self.config
@@ -255,11 +261,11 @@ class Engine:
         rows, self.pending_rows = self.pending_rows, []
         await self.store.record_invocations(rows)
 
-    def _agent_setup(self, slot: str, agent: AgentType) -> tuple[AgentConfig, list[Mixin]]:
-        setup = self._setups.get(slot)
+    def _agent_setup(self, agent: AgentType) -> tuple[AgentConfig, list[Mixin]]:
+        setup = self._setups.get(id(agent))
         if setup is None:
             config = AgentConfig.model_validate(agent.config or {})
-            setup = self._setups[slot] = (config, MixinRegistry.resolve(config.capabilities))
+            setup = self._setups[id(agent)] = (config, MixinRegistry.resolve(config.capabilities))
         return setup
 
     async def _emit(
@@ -289,3 +295,58 @@ class Engine:
         result = self.on_event(event)
         if inspect.isawaitable(result):
             await result
+
+
+class Scope:
+    """The slots of one topology level; a slot filled by a topology opens a nested scope.
+
+    Keys inside a nested topology are prefixed with the outer invocation's key
+    (`stage-1/review/checker_1`), so every invocation key stays unique and checkpointable.
+    """
+
+    def __init__(self, engine: Engine, agents: Mapping[str, Any], prefix: str = "", depth: int = 0):
+        self.engine = engine
+        self.agents = agents
+        self.prefix = prefix
+        self.depth = depth
+
+    def slots(self, prefix: str | None = None) -> list[str]:
+        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
+
+    def agent(self, slot: str) -> Any:
+        try:
+            return self.agents[slot]
+        except KeyError:
+            raise NotFoundError(f"no agent in slot {slot!r}") from None
+
+    async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        return await self.engine.gather(awaitables)
+
+    async def try_invoke(
+        self, slot: str, payload: Any, *, key: str | None = None
+    ) -> dict[str, Any] | InvocationFailed:
+        try:
+            return await self.invoke(slot, payload, key=key)
+        except InvocationFailed as exc:
+            return exc
+
+    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
+        full_key = self.prefix + (key or slot)
+        member = self.agent(slot)
+        if not isinstance(member, SubTopology):
+            return await self.engine.invoke_agent(member, slot, payload, full_key)
+        if self.depth + 1 > MAX_NESTING:
+            raise InvocationFailed(
+                full_key, slot, f"topologies nest deeper than {MAX_NESTING} levels"
+            )
+        kind = TopologyRegistry.get(member.topology.topology_type)
+        child = Scope(self.engine, member.agents, f"{full_key}/", self.depth + 1)
+        try:
+            output = await kind.run(
+                child, kind.parse_config(member.topology.config), nested_input(payload)
+            )
+        except InvocationFailed:
+            raise
+        except QmcpError as exc:
+            raise InvocationFailed(full_key, slot, f"topology {member.name!r}: {exc}") from None
+        return nested_output(slot, member, output)

@@ -296,6 +296,7 @@ async def _invoke(spec: dict[str, Any], state: State, call: dict[str, Any]) -> d
     from qmcp.agentframework.errors import InvocationFailed
     from qmcp.agentframework.runners.base import RunConfig
     from qmcp.agentframework.runners.engine import Engine
+    from qmcp.agentframework.runners.replay import resolve_agent
     from qmcp.agentframework.store import Store
 
     _, agents = _restore(spec)
@@ -313,7 +314,9 @@ async def _invoke(spec: dict[str, Any], state: State, call: dict[str, Any]) -> d
         on_event=None,
         total=1,
     )
-    result = await engine.try_invoke(call["slot"], call["payload"], key=call["key"])
-    if isinstance(result, InvocationFailed):
-        return {"failed": result.reason}
+    member = resolve_agent(agents, call.get("path") or [], call["slot"])
+    try:
+        result = await engine.invoke_agent(member, call["slot"], call["payload"], call["key"])
+    except InvocationFailed as exc:
+        return {"failed": exc.reason}
     return {"ok": result}

@@ -32,7 +32,7 @@ from qmcp.agentframework.runners.base import (
     restore,
     runner,
     snapshot_of,
-    validate_agent_config,
+    validate_members,
 )
 from qmcp.agentframework.runners.engine import EventHandler, InvocationEvent
 from qmcp.agentframework.topologies import TopologyRegistry
@@ -262,8 +262,7 @@ class MetaflowRunner(BaseRunner):
 
     def _topology_to_flow(self, topology: Topology, agents: Mapping[str, AgentType]) -> str:
         """The flow source for a topology (validated; nothing is written)."""
-        for slot, agent in agents.items():
-            validate_agent_config(slot, agent)
+        validate_members(agents)
         return FlowWriter(self.environment, self.config, self.resources).source(topology, agents)
 
     def write_flow(

@@ -9,12 +9,17 @@ program is the same one LocalRunner and AsyncRunner run, the output is the same 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qmcp.agentframework.errors import InvocationFailed, NotFoundError
-from qmcp.agentframework.models import AgentType
+from qmcp.agentframework.topologies.base import (
+    MAX_NESTING,
+    SubTopology,
+    nested_input,
+    nested_output,
+)
 
 T = TypeVar("T")
 Outcome = dict[str, Any]  # {"ok": output} or {"failed": reason}
@@ -25,9 +30,15 @@ class PendingCall:
     key: str
     slot: str
     payload: Any
+    path: tuple[str, ...] = ()  # the outer slots, for a call inside nested topologies
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "slot": self.slot, "payload": self.payload}
+        return {
+            "key": self.key,
+            "slot": self.slot,
+            "payload": self.payload,
+            "path": list(self.path),
+        }
 
 
 class Pending(BaseException):
@@ -44,32 +55,61 @@ class Pending(BaseException):
 class ReplayContext:
     """A `RunContext` over recorded outcomes, key by key, in the order the program asks."""
 
-    def __init__(self, agents: dict[str, AgentType], outcomes: dict[str, list[Outcome]]) -> None:
+    def __init__(
+        self,
+        agents: Mapping[str, Any],
+        outcomes: dict[str, list[Outcome]],
+        prefix: str = "",
+        path: tuple[str, ...] = (),
+        seen: dict[str, int] | None = None,
+    ) -> None:
         self.agents = agents
         self.outcomes = outcomes
-        self._seen: dict[str, int] = {}
+        self.prefix = prefix
+        self.path = path
+        self._seen: dict[str, int] = {} if seen is None else seen
 
     def slots(self, prefix: str | None = None) -> list[str]:
         return [s for s in self.agents if prefix is None or s.startswith(prefix)]
 
-    def agent(self, slot: str) -> AgentType:
+    def agent(self, slot: str) -> Any:
         try:
             return self.agents[slot]
         except KeyError:
             raise NotFoundError(f"no agent in slot {slot!r}") from None
 
     async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
-        key = key or slot
-        self.agent(slot)
+        key = self.prefix + (key or slot)
+        member = self.agent(slot)
+        if isinstance(member, SubTopology):
+            return await self._nested(slot, member, payload, key)
         index = self._seen.get(key, 0)
         self._seen[key] = index + 1
         recorded = self.outcomes.get(key, [])
         if index >= len(recorded):
-            raise Pending([PendingCall(key, slot, payload)])
+            raise Pending([PendingCall(key, slot, payload, self.path)])
         outcome = recorded[index]
         if "ok" in outcome:
             return dict(outcome["ok"])
         raise InvocationFailed(key, slot, str(outcome.get("failed", "unknown error")))
+
+    async def _nested(self, slot: str, sub: SubTopology, payload: Any, key: str) -> dict[str, Any]:
+        from qmcp.agentframework.errors import QmcpError
+        from qmcp.agentframework.topologies import TopologyRegistry
+
+        if len(self.path) + 1 > MAX_NESTING:
+            raise InvocationFailed(key, slot, f"topologies nest deeper than {MAX_NESTING} levels")
+        kind = TopologyRegistry.get(sub.topology.topology_type)
+        child = ReplayContext(sub.agents, self.outcomes, f"{key}/", (*self.path, slot), self._seen)
+        try:
+            output = await kind.run(
+                child, kind.parse_config(sub.topology.config), nested_input(payload)
+            )
+        except InvocationFailed:
+            raise
+        except QmcpError as exc:
+            raise InvocationFailed(key, slot, f"topology {sub.name!r}: {exc}") from None
+        return nested_output(slot, sub, output)
 
     async def try_invoke(
         self, slot: str, payload: Any, *, key: str | None = None
@@ -95,3 +135,11 @@ class ReplayContext:
 def owned(calls: list[PendingCall], patterns: list[str]) -> list[PendingCall]:
     """The calls whose keys match one of `patterns` (shell-style: `stage-0/*`, `checker_*`)."""
     return [c for c in calls if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
+
+
+def resolve_agent(agents: Mapping[str, Any], path: list[str] | tuple[str, ...], slot: str) -> Any:
+    """The agent a pending call names, through the nested topologies on its path."""
+    scope: Mapping[str, Any] = agents
+    for outer in path:
+        scope = scope[outer].agents
+    return scope[slot]

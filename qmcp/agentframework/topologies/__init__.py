@@ -3,8 +3,10 @@
 from qmcp.agentframework.topologies import chain_of_command, delegation, ensemble, pipeline
 from qmcp.agentframework.topologies.aggregation import aggregate, synthesis_prompt
 from qmcp.agentframework.topologies.base import (
+    MAX_NESTING,
     Output,
     RunContext,
+    SubTopology,
     TopologyKind,
     TopologyRegistry,
 )
@@ -15,10 +17,12 @@ for _kind in (pipeline.KIND, ensemble.KIND, chain_of_command.KIND, delegation.KI
     TopologyRegistry.register(_kind)
 
 __all__ = [
+    "MAX_NESTING",
     "ChainOfCommandConfig",
     "DelegationConfig",
     "Output",
     "RunContext",
+    "SubTopology",
     "TopologyKind",
     "TopologyRegistry",
     "aggregate",

@@ -130,3 +130,45 @@ def reject_unexpected(kind: str, unexpected: list[str], expected: str) -> None:
         raise ValidationError(
             f"{kind} topology does not use slot(s) {known(unexpected)}; its slots are {expected}"
         )
+
+
+MAX_NESTING = 5
+
+
+@dataclass(frozen=True)
+class SubTopology:
+    """A slot filled by a stored topology instead of an agent (a compound topology).
+
+    It answers like an agent: its output's `content` is what the outer topology reads. The
+    agent-like fields let topologies that describe their members (delegation) describe it too.
+    """
+
+    topology: Any  # models.Topology
+    agents: Mapping[str, Any]  # slot -> AgentType | SubTopology
+
+    @property
+    def name(self) -> str:
+        return str(self.topology.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.topology.description or "")
+
+    @property
+    def role(self) -> str:
+        return "executor"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+def nested_input(payload: Any) -> dict[str, Any]:
+    """What a sub-topology receives: the payload as given, or a prompt if it is not an object."""
+    from qmcp.agentframework.topologies.text import render_payload
+
+    return dict(payload) if isinstance(payload, dict) else {"prompt": render_payload(payload)}
+
+
+def nested_output(slot: str, sub: SubTopology, output: Output) -> Output:
+    return {"content": output["content"], "agent": sub.name, "slot": slot, "topology": output}
