@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError
 from qmcp.agentframework.llm import ProviderRegistry
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import ExecutionStatus
+from qmcp.agentframework.plugins import load_plugins
 from qmcp.agentframework.runners import RunConfig, RunResult
 from qmcp.agentframework.store import Store, parse_execution_id
 from qmcp_server.runs import BackgroundRuns
@@ -97,6 +99,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
     """A server over the database at `db_url` (default: QMCP_DATABASE_URL or ./agent.db)."""
     runs = BackgroundRuns()
     ProviderRegistry.register("sampling", SamplingProvider)
+    load_plugins()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
@@ -478,7 +481,12 @@ def configure_logging() -> None:
 def run(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
     configure_logging()
     if transport == "stdio":
-        build_server().run()
+        try:
+            server = build_server()
+        except QmcpError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise SystemExit(2) from None
+        server.run()
         return
     from qmcp_server.http import serve_http
 

@@ -88,6 +88,14 @@ def main_options(
 ) -> None:
     if database_url:
         os.environ["QMCP_DATABASE_URL"] = database_url
+    if os.environ.get("QMCP_PLUGINS"):
+        from qmcp.agentframework.errors import QmcpError
+        from qmcp.agentframework.plugins import load_plugins
+
+        try:
+            load_plugins()
+        except QmcpError as exc:
+            _fail(str(exc))
     if verbose:
         import logging
 

@@ -8,22 +8,15 @@ artifact: the execution id, the input and every recorded outcome by invocation k
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
 import uuid
 from typing import Any
+
+from qmcp.agentframework.plugins import load_plugins
 
 State = dict[str, Any]
 _CURRENT: dict[str, Any] = {}
 
-
-def _load_plugins() -> None:
-    """Modules named in QMCP_PLUGINS (comma-separated) are imported, e.g. to register functions."""
-    for name in filter(None, (m.strip() for m in os.environ.get("QMCP_PLUGINS", "").split(","))):
-        importlib.import_module(name)
-
-
-_load_plugins()
+load_plugins()
 
 
 def _restore(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
