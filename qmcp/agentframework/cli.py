@@ -354,7 +354,7 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
 
     from qmcp.agentframework.errors import QmcpError
 
-    stderr = Console(stderr=True, highlight=False)
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
