@@ -77,3 +77,39 @@ class SamplingProvider:
             output_tokens=count_tokens(text),
             stop_reason=result.stop_reason,
         )
+
+
+class ElicitationChannel:
+    """Ask the MCP client's user through elicitation (where the protocol and client allow it)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    async def ask(self, question: str, proposed: str) -> Any:
+        from pydantic import BaseModel, Field
+
+        from qmcp.agentframework.human import Decision
+
+        class ApprovalForm(BaseModel):
+            approve: bool = Field(description="use this answer")
+            comment: str = Field(default="", description="why (optional)")
+
+        try:
+            result = await self.ctx.elicit(
+                f"{question}\n\nProposed answer:\n{proposed}", ApprovalForm
+            )
+        except Exception:  # the client could not ask: fall back to a recorded pending approval
+            return None
+        if result.action != "accept":
+            return Decision(approved=False, comment=f"the user chose {result.action}")
+        return Decision(approved=result.data.approve, comment=result.data.comment or None)
+
+
+def elicitation_channel(ctx: Any) -> ElicitationChannel | None:
+    """A channel when this call's client can be asked mid-call, else None."""
+    if (ctx.protocol_version or "") >= STATELESS_PROTOCOL:
+        return None
+    capabilities = ctx.client_capabilities
+    if capabilities is None or capabilities.elicitation is None:
+        return None
+    return ElicitationChannel(ctx)

@@ -138,3 +138,22 @@ class FlowInfo(BaseModel):
     path: str
     source: str
     run_command: str
+
+
+class ApprovalInfo(BaseModel):
+    id: int
+    execution_id: str
+    key: str
+    agent_name: str
+    question: str
+    proposed: str
+    status: str
+    comment: str | None
+    edited: str | None
+    decided_by: str | None
+    created_at: str | None
+    decided_at: str | None
+
+
+class ApprovalList(BaseModel):
+    approvals: list[ApprovalInfo]

@@ -19,6 +19,7 @@ from qmcp import __version__
 from qmcp.agentframework import service
 from qmcp.agentframework.diagram import mermaid
 from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError
+from qmcp.agentframework.human import human_channel
 from qmcp.agentframework.llm import ProviderRegistry
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import ExecutionStatus
@@ -26,10 +27,12 @@ from qmcp.agentframework.plugins import load_plugins
 from qmcp.agentframework.runners import RunConfig, RunResult
 from qmcp.agentframework.store import Store, parse_execution_id
 from qmcp_server.runs import BackgroundRuns
-from qmcp_server.sampling import SamplingProvider, current_context
+from qmcp_server.sampling import SamplingProvider, current_context, elicitation_channel
 from qmcp_server.schemas import (
     AgentInfo,
     AgentList,
+    ApprovalInfo,
+    ApprovalList,
     CancelOutcome,
     Capability,
     ExecutionInfo,
@@ -293,9 +296,11 @@ def build_server(db_url: str | None = None) -> MCPServer:
                     log.debug("progress report dropped", exc_info=True)
 
         token = current_context.set(ctx)
+        human = human_channel.set(elicitation_channel(ctx))
         try:
             return await run_runner.finish(prepared, on_event=on_event)  # type: ignore[no-any-return]
         finally:
+            human_channel.reset(human)
             current_context.reset(token)
 
     # -- executions -------------------------------------------------------------------------
@@ -396,6 +401,37 @@ def build_server(db_url: str | None = None) -> MCPServer:
             source=source,
             run_command=f'python {path} run --input-json \'{{"prompt": "..."}}\'',
         )
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def approvals_list(
+        status: Literal["pending", "approved", "rejected"] | None = "pending",
+    ) -> ApprovalList:
+        """Human decisions asked for by agents with the human_in_loop mixin (pending by default)."""
+        rows = await service.list_approvals(status, db_url=db_url)
+        return ApprovalList(approvals=[ApprovalInfo(**service.approval_to_dict(a)) for a in rows])
+
+    @mcp.tool(annotations=CREATE)
+    async def approvals_answer(
+        approval_id: int,
+        approve: bool,
+        comment: Annotated[str | None, Field(max_length=10_000)] = None,
+        edited: Annotated[
+            str | None, Field(description="approve this text instead", max_length=100_000)
+        ] = None,
+    ) -> ApprovalInfo:
+        """Approve or reject a pending approval; then executions_resume goes on with it."""
+        try:
+            approval = await service.answer_approval(
+                approval_id,
+                approve,
+                comment=comment,
+                edited=edited,
+                decided_by="mcp-tool",
+                db_url=db_url,
+            )
+        except QmcpError as exc:
+            raise _tool_error(exc) from None
+        return ApprovalInfo(**service.approval_to_dict(approval))
 
     @mcp.tool(annotations=READ_ONLY)
     async def runners_list() -> RunnerList:

@@ -31,6 +31,8 @@ EXPECTED_TOOLS = {
     "executions_resume",
     "runners_list",
     "flows_generate",
+    "approvals_list",
+    "approvals_answer",
 }
 
 

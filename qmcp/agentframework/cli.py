@@ -36,6 +36,10 @@ executions_app = typer.Typer(
 app.add_typer(agents_app, name="agents")
 agents_app.add_typer(topologies_app, name="topologies")
 app.add_typer(executions_app, name="executions")
+approvals_app = typer.Typer(
+    help="Human decisions the human_in_loop mixin asked for.", no_args_is_help=True
+)
+app.add_typer(approvals_app, name="approvals")
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json")]
 
@@ -503,6 +507,54 @@ def executions_prune(
 
     count = _call(lambda: service.prune_executions(older_than_days))
     _console().print(f"deleted {count} execution(s) older than {older_than_days:g} day(s)")
+
+
+@approvals_app.command("list")
+def approvals_list(
+    status: Annotated[str | None, typer.Option(help="pending, approved or rejected")] = "pending",
+    fmt: FormatOption = "table",
+) -> None:
+    """List approvals (pending ones by default)."""
+    from qmcp.agentframework import service
+
+    _check_format(fmt)
+    rows = [service.approval_to_dict(a) for a in _call(lambda: service.list_approvals(status))]
+    if fmt == "json":
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("id", "status", "execution", "question", "proposed answer")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["status"],
+            row["execution_id"],
+            row["question"],
+            row["proposed"][:200],
+        )
+    _console().print(table if rows else f"no {status or ''} approvals")
+
+
+@approvals_app.command("answer")
+def approvals_answer(
+    approval_id: Annotated[int, typer.Argument(help="the approval's id")],
+    approve: Annotated[bool, typer.Option("--approve/--reject", help="the decision")],
+    comment: Annotated[str | None, typer.Option(help="why")] = None,
+    edit: Annotated[
+        str | None, typer.Option(help="approve this text instead of the answer")
+    ] = None,
+) -> None:
+    """Approve or reject; then `qmcp executions resume` goes on with the decision."""
+    from qmcp.agentframework import service
+
+    approval = _call(
+        lambda: service.answer_approval(approval_id, approve, comment=comment, edited=edit)
+    )
+    _console().print(
+        f"approval {approval.id} {approval.status}; resume with "
+        f"`qmcp executions resume {approval.execution_id}`"
+    )
 
 
 # -- demo and server ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from qmcp.agentframework.models import (
     AgentConfig,
     AgentRole,
     AgentType,
+    Approval,
     CapabilityConfig,
     Execution,
     Invocation,
@@ -295,6 +296,48 @@ async def prune_executions(older_than_days: float, db_url: str | None = None) ->
     if older_than_days < 0:
         raise ValidationError("older_than_days must be zero or more")
     return await Store(db_url).prune(timedelta(days=older_than_days))
+
+
+async def list_approvals(
+    status: str | None = None, limit: int = 50, db_url: str | None = None
+) -> list[Approval]:
+    if status is not None and status not in ("pending", "approved", "rejected"):
+        raise ValidationError(
+            f"unknown approval status {status!r}; use pending, approved or rejected"
+        )
+    return await Store(db_url).list_approvals(status, limit)
+
+
+async def answer_approval(
+    approval_id: int,
+    approved: bool,
+    *,
+    comment: str | None = None,
+    edited: str | None = None,
+    decided_by: str = "cli",
+    db_url: str | None = None,
+) -> Approval:
+    """Record a human decision; the execution goes on when it is resumed."""
+    return await Store(db_url).decide_approval(
+        approval_id, approved, comment=comment, edited=edited, decided_by=decided_by
+    )
+
+
+def approval_to_dict(approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "execution_id": str(approval.execution_id),
+        "key": approval.key,
+        "agent_name": approval.agent_name,
+        "question": approval.question,
+        "proposed": approval.proposed,
+        "status": approval.status,
+        "comment": approval.comment,
+        "edited": approval.edited,
+        "decided_by": approval.decided_by,
+        "created_at": _iso(approval.created_at),
+        "decided_at": _iso(approval.decided_at),
+    }
 
 
 def result_to_dict(result: RunResult) -> dict[str, Any]:

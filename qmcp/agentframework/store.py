@@ -31,6 +31,7 @@ from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationE
 from qmcp.agentframework.models import (
     AgentMemory,
     AgentType,
+    Approval,
     Execution,
     ExecutionStatus,
     Invocation,
@@ -350,8 +351,8 @@ class Store:
             raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise ConflictError(
-                f"execution {execution_id} is {execution.status.value}; only failed, cancelled "
-                "or interrupted executions can be resumed"
+                f"execution {execution_id} is {execution.status.value}; only failed, cancelled, "
+                "interrupted or pending (waiting for approval) executions can be resumed"
             )
         return execution
 
@@ -444,6 +445,55 @@ class Store:
                 .limit(limit)
             )
             return list(reversed(list(rows.scalars())))
+
+    async def approval_for(self, execution_id: uuid.UUID, key: str) -> Approval | None:
+        async with self.session() as s:
+            return (
+                await s.execute(
+                    select(Approval).where(
+                        Approval.execution_id == execution_id, Approval.key == key
+                    )
+                )
+            ).scalar()
+
+    async def add_approval(self, approval: Approval) -> Approval:
+        async with self.session() as s:
+            s.add(approval)
+            await s.commit()
+            await s.refresh(approval)
+            return approval
+
+    async def list_approvals(self, status: str | None = None, limit: int = 50) -> list[Approval]:
+        query = select(Approval).order_by(Approval.id.desc()).limit(limit)
+        if status:
+            query = query.where(Approval.status == status)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    async def decide_approval(
+        self,
+        approval_id: int,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        edited: str | None = None,
+        decided_by: str = "cli",
+    ) -> Approval:
+        """Answer a pending approval, once; a decided one cannot be changed."""
+        async with self.session() as s:
+            approval = await s.get(Approval, approval_id)
+            if approval is None:
+                raise NotFoundError(f"no approval {approval_id}; see `qmcp approvals list`")
+            if approval.status != "pending":
+                raise ConflictError(f"approval {approval_id} is already {approval.status}")
+            approval.status = "approved" if approved else "rejected"
+            approval.comment = comment
+            approval.edited = edited if approved else None
+            approval.decided_by = decided_by
+            approval.decided_at = utcnow()
+            await s.commit()
+            await s.refresh(approval)
+            return approval
 
     async def mark_interrupted(self) -> int:
         """Executions left `running` by a process that no longer exists become `interrupted`."""

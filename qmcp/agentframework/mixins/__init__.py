@@ -7,14 +7,16 @@ from qmcp.agentframework.mixins.base import (
     MixinRegistry,
     OutputRejected,
 )
+from qmcp.agentframework.mixins.human_in_loop import HumanInLoop
 from qmcp.agentframework.mixins.memory import Memory
 from qmcp.agentframework.mixins.reasoning import Reasoning
 from qmcp.agentframework.mixins.structured_output import StructuredOutput
 
-for _mixin in (Reasoning, StructuredOutput, Memory):
+for _mixin in (Reasoning, StructuredOutput, Memory, HumanInLoop):
     MixinRegistry.register(_mixin)
 
 __all__ = [
+    "HumanInLoop",
     "Memory",
     "Mixin",
     "MixinConfig",

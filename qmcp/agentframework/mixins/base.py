@@ -65,6 +65,9 @@ class Mixin:
     async def after_commit(self, output: dict[str, Any], ctx: MixinContext) -> None:
         """Runs after the invocation's row is recorded."""
 
+    async def gate(self, output: dict[str, Any], ctx: MixinContext) -> None:
+        """Runs on every use of a recorded answer, fresh or from a checkpoint (approvals)."""
+
 
 class MixinRegistry:
     _mixins: ClassVar[dict[str, type[Mixin]]] = {}

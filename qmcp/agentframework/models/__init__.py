@@ -12,6 +12,7 @@ from qmcp.agentframework.models.enums import (
 from qmcp.agentframework.models.tables import (
     AgentMemory,
     AgentType,
+    Approval,
     Execution,
     Invocation,
     Topology,
@@ -26,6 +27,7 @@ __all__ = [
     "AgentRole",
     "AgentType",
     "AggregationMethod",
+    "Approval",
     "CapabilityConfig",
     "ConsensusMethod",
     "EnsembleConfig",

@@ -70,6 +70,7 @@ class ExecutionStatus(StrEnum):
     @property
     def resumable(self) -> bool:
         return self in (
+            ExecutionStatus.PENDING,  # waiting for a human decision
             ExecutionStatus.FAILED,
             ExecutionStatus.CANCELLED,
             ExecutionStatus.INTERRUPTED,

@@ -148,3 +148,23 @@ class AgentMemory(SQLModel, table=True):
     key: str = Field(max_length=500)
     content: str = Field(sa_type=Text)
     created_at: datetime = _ts()
+
+
+class Approval(SQLModel, table=True):
+    """A human decision the `human_in_loop` mixin asked for: pending until someone answers."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("execution_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    execution_id: uuid.UUID = Field(index=True)
+    key: str = Field(max_length=500)
+    agent_name: str = Field(max_length=100)
+    question: str = Field(sa_type=Text)
+    proposed: str = Field(sa_type=Text)
+    status: str = Field(default="pending", max_length=20, index=True)  # pending|approved|rejected
+    comment: str | None = Field(default=None, sa_type=Text)
+    edited: str | None = Field(default=None, sa_type=Text)
+    decided_by: str | None = Field(default=None, max_length=50)  # cli | mcp-tool | elicitation
+    created_at: datetime = _ts()
+    decided_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

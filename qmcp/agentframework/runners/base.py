@@ -17,6 +17,7 @@ from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError, known
+from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
@@ -303,6 +304,8 @@ class BaseRunner:
             with anyio.CancelScope(shield=True):
                 await self._finish(execution, engine, status, None, error, t0, previous_ms)
             raise
+        except AwaitingHuman as exc:
+            status, error = ExecutionStatus.PENDING, str(exc)
         except QmcpError as exc:
             error = str(exc)
         except Exception as exc:  # a crash inside a run is a failed execution, never a dead caller

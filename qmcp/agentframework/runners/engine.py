@@ -21,6 +21,7 @@ from qmcp.agentframework.errors import (
     ProviderError,
     QmcpError,
 )
+from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.llm import LLMRequest, Message, ProviderRegistry, estimate_cost
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
@@ -124,7 +125,7 @@ class Engine:
         if cached is not None:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
-            return cached
+            return await self._gated(agent, slot, key, cached)
         agent_config, mixins = self._agent_setup(agent)
         model = agent_config.model_config_obj
         provider = ProviderRegistry.get(model.provider)
@@ -221,7 +222,7 @@ class Engine:
                 for mixin in mixins:
                     await mixin.after_commit(output, mixin_ctx)
                 await self._emit("completed", key, slot, agent.name, attempt, duration_ms)
-                return output
+                return await self._gated(agent, slot, key, output)
             row.update(status=InvocationStatus.FAILED, output=None, error=error)
             await self._record(row)
             log.warning("invocation %s attempt %d failed: %s", key, attempt, error)
@@ -247,6 +248,25 @@ class Engine:
                 continue
             await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
             raise InvocationFailed(key, slot, error or "unknown error")
+
+    async def _gated(
+        self, agent: AgentType, slot: str, key: str, output: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Apply gates (human approval) to a recorded answer; the checkpoint stays the model's."""
+        _, mixins = self._agent_setup(agent)
+        gates = [m for m in mixins if type(m).gate is not Mixin.gate]
+        if not gates:
+            return output
+        gated = dict(output)
+        ctx = MixinContext(self.execution_id, self.store, agent, slot, key)
+        for mixin in gates:
+            try:
+                await mixin.gate(gated, ctx)
+            except AwaitingHuman:
+                raise
+            except QmcpError as exc:
+                raise InvocationFailed(key, slot, str(exc)) from None
+        return gated
 
     # -- recording --------------------------------------------------------------------------
 
