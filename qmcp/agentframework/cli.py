@@ -155,7 +155,10 @@ def agents_create(
     system_prompt: Annotated[
         str | None, typer.Option(help="replaces the role's default prompt")
     ] = None,
-    temperature: Annotated[float | None, typer.Option(help="0.0 to 1.0")] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="0.0 to 1.0; MCP sampling only (the Anthropic API rejects it)"),
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
     mixin: Annotated[
         list[str] | None, typer.Option("--mixin", help="a mixin with its default config; repeat")

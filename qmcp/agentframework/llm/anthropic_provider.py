@@ -6,6 +6,7 @@ stored agent config; it never appears in a record, a log line or an error messag
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ class AnthropicProvider:
     self_retrying = True
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, str | None], AsyncAnthropic] = {}
+        self._clients: dict[tuple[str, str | None, int], AsyncAnthropic] = {}
 
     def _client(self) -> AsyncAnthropic:
         key = os.environ.get("ANTHROPIC_API_KEY")
@@ -33,22 +34,30 @@ class AnthropicProvider:
                 provider=self.name,
             )
         base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
-        client = self._clients.get((key, base_url))
+        # Connections belong to an event loop: one client per loop (the server has one).
+        loop = id(asyncio.get_running_loop())
+        client = self._clients.get((key, base_url, loop))
         if client is None:
-            from anthropic import AsyncAnthropic  # heavy import, only when a Claude model runs
+            from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient  # only when Claude runs
 
-            client = AsyncAnthropic(api_key=key, base_url=base_url)
-            self._clients[(key, base_url)] = client
+            # Our own HTTP client: the SDK's default one schedules its close on whatever loop
+            # runs when it is garbage-collected, which fails once its own loop has closed.
+            client = AsyncAnthropic(
+                api_key=key, base_url=base_url, http_client=DefaultAsyncHttpxClient()
+            )
+            self._clients = {k: v for k, v in self._clients.items() if k[2] == loop}
+            self._clients[(key, base_url, loop)] = client
         return client
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         client = self._client().with_options(
             max_retries=request.max_retries, timeout=request.timeout_seconds
         )
+        # No sampling parameters: the Messages API version SDK 2.x speaks (2026-10-21) rejects
+        # temperature, top_p and top_k with a 400, and the SDK no longer accepts them.
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
             "messages": [m.model_dump() for m in request.messages],
         }
         if request.system:

@@ -26,7 +26,7 @@ class LLMRequest(BaseModel):
     system: str | None = None
     messages: list[Message]
     max_tokens: int = 4096
-    temperature: float = 0.7
+    temperature: float | None = None
     timeout_seconds: float = 120.0
     max_retries: int = Field(
         default=0, description="retries a self-retrying provider (anthropic) may make itself"

@@ -113,7 +113,12 @@ class AgentConfig(BaseModel):
 
     model_config_obj: ModelConfig = Field(default_factory=Models.default)
     system_prompt: str | None = Field(default=None, max_length=100_000)
-    temperature: float = Field(default=0.7, ge=0.0, le=1.0)
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="for providers that take it (MCP sampling); the Anthropic API rejects it",
+    )
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
     capabilities: list[CapabilityConfig] = Field(default_factory=list)

@@ -151,9 +151,12 @@ class Engine:
         for mixin in mixins:
             request = await mixin.prepare(request, mixin_ctx)
         # The SDK applies its timeout per try; bound the whole attempt including its backoff.
+        # A provider with its own timeout (the SDK) gets a moment to report it in its words.
         deadline = agent_config.timeout_seconds * (request.max_retries + 1) + (
             BACKOFF_MAX_SECONDS * request.max_retries
         )
+        if provider.self_retrying:
+            deadline += 1.0
         backoff_step = 0
         while True:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
