@@ -31,7 +31,8 @@ class FunctionProvider:
     name = "function"
     self_retrying = False
 
-    async def complete(self, request: LLMRequest) -> LLMResponse:
+    def begin(self, request: LLMRequest) -> LLMResponse | Awaitable[LLMResponse]:
+        """Call the function: a sync one answers here, an async one returns what to await."""
         fn = _FUNCTIONS.get(request.model)
         if fn is None:
             raise ConfigurationError(
@@ -42,15 +43,26 @@ class FunctionProvider:
             )
         reply = fn(request)
         if inspect.isawaitable(reply):
-            reply = await reply
-        if isinstance(reply, LLMResponse):
-            return reply
-        text = str(reply)
-        return LLMResponse(
-            text=text,
-            model=request.model,
-            provider=self.name,
-            input_tokens=count_tokens(request.prompt),
-            output_tokens=count_tokens(text),
-            stop_reason="end_turn",
-        )
+            return self._later(reply, request)
+        return _response(reply, request)
+
+    async def _later(self, reply: Awaitable[Reply], request: LLMRequest) -> LLMResponse:
+        return _response(await reply, request)
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        started = self.begin(request)
+        return started if isinstance(started, LLMResponse) else await started
+
+
+def _response(reply: Reply, request: LLMRequest) -> LLMResponse:
+    if isinstance(reply, LLMResponse):
+        return reply
+    text = str(reply)
+    return LLMResponse(
+        text=text,
+        model=request.model,
+        provider="function",
+        input_tokens=count_tokens(request.prompt),
+        output_tokens=count_tokens(text),
+        stop_reason="end_turn",
+    )

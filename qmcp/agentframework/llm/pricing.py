@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 PRICES_SOURCE = "https://platform.claude.com/docs/en/about-claude/models (model overview pages)"
 PRICES_AS_OF = "2026-11-24"
 
@@ -21,10 +23,17 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
 }
 
 
+@lru_cache(maxsize=256)
+def price_of(model_label: str) -> tuple[float, float] | None:
+    """The longest matching prefix's prices, or None when the model is not in the table."""
+    best = max((p for p in PRICES_PER_MTOK if model_label.startswith(p)), key=len, default=None)
+    return None if best is None else PRICES_PER_MTOK[best]
+
+
 def estimate_cost(model_label: str, input_tokens: int, output_tokens: int) -> float | None:
     """Estimated USD cost, or None when the model's price is not in the table."""
-    best = max((p for p in PRICES_PER_MTOK if model_label.startswith(p)), key=len, default=None)
-    if best is None:
+    price = price_of(model_label)
+    if price is None:
         return None
-    price_in, price_out = PRICES_PER_MTOK[best]
+    price_in, price_out = price
     return round((input_tokens * price_in + output_tokens * price_out) / 1_000_000, 8)

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -18,16 +18,14 @@ from sqlmodel import Field, SQLModel
 
 from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError, known
 from qmcp.agentframework.human import AwaitingHuman
-from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
-    AgentConfig,
     AgentType,
     Execution,
     ExecutionStatus,
     Topology,
     utcnow,
 )
-from qmcp.agentframework.runners.engine import Engine, EventHandler
+from qmcp.agentframework.runners.engine import AgentSetup, Engine, EventHandler, agent_setup
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
 from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKind, TopologyRegistry
 
@@ -149,6 +147,7 @@ class PreparedRun:
     input: dict[str, Any]
     checkpoints: dict[str, dict[str, Any]]
     previous_ms: int
+    setups: dict[int, AgentSetup] = field(default_factory=dict)
 
     @property
     def execution_id(self) -> uuid.UUID:
@@ -197,7 +196,7 @@ class BaseRunner:
         """
         kind = TopologyRegistry.get(topology.topology_type)
         config = kind.validate(topology.config, agents.keys())
-        validate_members(agents)
+        setups = validate_members(agents)
         data = check_input(input_data)
         await self.store.init()
         execution = Execution(
@@ -213,7 +212,7 @@ class BaseRunner:
             started_at=utcnow(),
         )
         await self.store.add_execution(execution)
-        return PreparedRun(execution, kind, config, dict(agents), data, {}, 0)
+        return PreparedRun(execution, kind, config, dict(agents), data, {}, 0, setups)
 
     async def claim(self, execution_id: uuid.UUID | str) -> PreparedRun:
         """Take a resumable execution for this process and load its checkpoints."""
@@ -253,6 +252,7 @@ class BaseRunner:
             prepared.checkpoints,
             on_event,
             prepared.previous_ms,
+            prepared.setups,
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -267,6 +267,7 @@ class BaseRunner:
         checkpoints: dict[str, dict[str, Any]],
         on_event: EventHandler | None,
         previous_ms: int,
+        setups: dict[int, AgentSetup] | None = None,
     ) -> RunResult:
         cfg = self.config
         log.setLevel(cfg.log_level)
@@ -279,6 +280,7 @@ class BaseRunner:
             concurrency=self.concurrency,
             on_event=on_event,
             total=kind.estimate(config, list(agents)),
+            setups=setups,
         )
         started_at = utcnow()
         t0 = time.perf_counter()
@@ -369,8 +371,14 @@ class BaseRunner:
         return completed_at
 
 
-def validate_members(agents: Mapping[str, Any], depth: int = 0) -> None:
-    """Every agent's config and mixins, and every nested topology, down to MAX_NESTING."""
+def validate_members(
+    agents: Mapping[str, Any], depth: int = 0, setups: dict[int, AgentSetup] | None = None
+) -> dict[int, AgentSetup]:
+    """Every agent's config and mixins, and every nested topology, down to MAX_NESTING.
+
+    Returns what each agent resolved to, so the run does not resolve it again.
+    """
+    setups = {} if setups is None else setups
     for slot, member in agents.items():
         if isinstance(member, SubTopology):
             if depth + 1 > MAX_NESTING:
@@ -378,28 +386,26 @@ def validate_members(agents: Mapping[str, Any], depth: int = 0) -> None:
             TopologyRegistry.get(member.topology.topology_type).validate(
                 member.topology.config, member.agents.keys()
             )
-            validate_members(member.agents, depth + 1)
+            validate_members(member.agents, depth + 1, setups)
         else:
-            validate_agent_config(slot, member)
+            setups[id(member)] = validate_agent_config(slot, member)
+    return setups
 
 
-def validate_agent_config(slot: str, agent: AgentType) -> AgentConfig:
+def validate_agent_config(slot: str, agent: AgentType) -> AgentSetup:
     from pydantic import ValidationError as PydanticValidationError
 
     from qmcp.agentframework.topologies.base import describe_validation_error
 
     try:
-        config = AgentConfig.model_validate(agent.config or {})
+        return agent_setup(agent)
     except PydanticValidationError as exc:
         raise ValidationError(
             f"agent {agent.name!r} in slot {slot!r} has an invalid config: "
             f"{describe_validation_error(exc)}"
         ) from None
-    try:
-        MixinRegistry.resolve(config.capabilities)
     except ValidationError as exc:
         raise ValidationError(f"agent {agent.name!r} in slot {slot!r}: {exc}") from None
-    return config
 
 
 R = TypeVar("R", bound=type[BaseRunner])

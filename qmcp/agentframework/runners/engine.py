@@ -12,8 +12,9 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from qmcp.agentframework.errors import (
     InvocationFailed,
@@ -22,7 +23,13 @@ from qmcp.agentframework.errors import (
     QmcpError,
 )
 from qmcp.agentframework.human import AwaitingHuman
-from qmcp.agentframework.llm import LLMRequest, Message, ProviderRegistry, estimate_cost
+from qmcp.agentframework.llm import (
+    LLMRequest,
+    LLMResponse,
+    Message,
+    ProviderRegistry,
+    estimate_cost,
+)
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
@@ -65,6 +72,20 @@ class InvocationEvent:
 EventHandler = Callable[[InvocationEvent], Awaitable[None] | None]
 
 
+class AgentSetup(NamedTuple):
+    """What an agent's config resolves to, computed once per run."""
+
+    config: AgentConfig
+    mixins: list[Mixin]
+    system_prompt: str
+
+
+def agent_setup(agent: AgentType) -> AgentSetup:
+    config = AgentConfig.model_validate(agent.config or {})
+    mixins = MixinRegistry.resolve(config.capabilities)
+    return AgentSetup(config, mixins, system_prompt_for(agent, config))
+
+
 class Engine:
     """A `RunContext` for one execution."""
 
@@ -79,6 +100,7 @@ class Engine:
         concurrency: int | None,
         on_event: EventHandler | None,
         total: int,
+        setups: Mapping[int, AgentSetup] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.agents = agents
@@ -92,7 +114,7 @@ class Engine:
         self.done = 0
         self.pending_rows: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
-        self._setups: dict[int, tuple[AgentConfig, list[Mixin]]] = {}
+        self._setups: dict[int, AgentSetup] = dict(setups or {})
         self.root = Scope(self, agents)
 
     # -- RunContext (the root scope) ---------------------------------------------------------
@@ -126,7 +148,7 @@ class Engine:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return await self._gated(agent, slot, key, cached)
-        agent_config, mixins = self._agent_setup(agent)
+        agent_config, mixins, system_prompt = self._agent_setup(agent)
         model = agent_config.model_config_obj
         provider = ProviderRegistry.get(model.provider)
         cfg = self.config
@@ -137,7 +159,7 @@ class Engine:
         prompt = render_payload(payload)
         request = LLMRequest(
             model=model.model,
-            system=system_prompt_for(agent, agent_config),
+            system=system_prompt,
             messages=[Message(role="user", content=prompt)],
             max_tokens=agent_config.max_tokens,
             temperature=agent_config.temperature,
@@ -169,12 +191,7 @@ class Engine:
             response = None
             output: dict[str, Any] | None = None
             try:
-                if self.limiter is None:
-                    async with asyncio.timeout(deadline):
-                        response = await provider.complete(request)
-                else:
-                    async with self.limiter, asyncio.timeout(deadline):
-                        response = await provider.complete(request)
+                response = await self._call(provider, request, deadline)
                 output = {"content": response.text, "agent": agent.name, "slot": slot}
                 for mixin in mixins:
                     await mixin.finish(output, mixin_ctx)
@@ -252,11 +269,25 @@ class Engine:
             await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
             raise InvocationFailed(key, slot, error or "unknown error")
 
+    async def _call(self, provider: Any, request: LLMRequest, deadline: float) -> LLMResponse:
+        """One provider call under the concurrency bound and the deadline.
+
+        A provider with `begin` may answer synchronously (offline, a sync function): then there is
+        nothing a timeout could interrupt, and arming one would be most of the call's cost.
+        """
+        begin = getattr(provider, "begin", None)
+        async with self.limiter or nullcontext():
+            started = begin(request) if begin is not None else provider.complete(request)
+            if isinstance(started, LLMResponse):
+                return started
+            async with asyncio.timeout(deadline):
+                return await started  # type: ignore[no-any-return]
+
     async def _gated(
         self, agent: AgentType, slot: str, key: str, output: dict[str, Any]
     ) -> dict[str, Any]:
         """Apply gates (human approval) to a recorded answer; the checkpoint stays the model's."""
-        _, mixins = self._agent_setup(agent)
+        _, mixins, _ = self._agent_setup(agent)
         gates = [m for m in mixins if type(m).gate is not Mixin.gate]
         if not gates:
             return output
@@ -284,11 +315,10 @@ class Engine:
         rows, self.pending_rows = self.pending_rows, []
         await self.store.record_invocations(rows)
 
-    def _agent_setup(self, agent: AgentType) -> tuple[AgentConfig, list[Mixin]]:
+    def _agent_setup(self, agent: AgentType) -> AgentSetup:
         setup = self._setups.get(id(agent))
         if setup is None:
-            config = AgentConfig.model_validate(agent.config or {})
-            setup = self._setups[id(agent)] = (config, MixinRegistry.resolve(config.capabilities))
+            setup = self._setups[id(agent)] = agent_setup(agent)
         return setup
 
     async def _emit(
