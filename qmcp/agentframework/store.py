@@ -7,7 +7,6 @@ One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import sqlite3
@@ -18,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import Integer, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -323,13 +322,43 @@ class Store:
 
     # -- executions -------------------------------------------------------------------------
 
+    def _fast_write(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        """Write on the fast SQLite connection; False when another process holds the lock."""
+        fast = self.fast_connection
+        if fast is None:
+            return False
+        try:
+            fast.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False  # the caller waits for the lock on the async path instead
+        try:
+            fast.executemany(sql, rows)
+            fast.execute("COMMIT")
+        except BaseException:
+            fast.execute("ROLLBACK")
+            raise
+        return True
+
     async def add_execution(self, execution: Execution) -> Execution:
+        await self.init()
+        if self.fast_connection is not None:
+            table = _execution_rows()
+            row = tuple(table.value(c, getattr(execution, c)) for c in table.columns)
+            if self._fast_write(table.insert(table.columns), [row]):
+                return execution
         async with self.session() as s:
             s.add(execution)
             await s.commit()
             return execution
 
     async def update_execution(self, execution_id: uuid.UUID, **values: Any) -> None:
+        await self.init()
+        if self.fast_connection is not None:
+            table = _execution_rows()
+            columns = list(values)
+            row = (*(table.value(c, values[c]) for c in columns), table.value("id", execution_id))
+            if self._fast_write(table.update(columns, "id"), [row]):
+                return
         async with self.session() as s:
             await s.execute(update(Execution).where(Execution.id == execution_id).values(**values))  # type: ignore[arg-type]
             await s.commit()
@@ -398,25 +427,23 @@ class Store:
         if not rows:
             return
         await self.init()
-        fast = self.fast_connection
-        if fast is not None:
-            values = [_sqlite_row(r) for r in rows]
-            try:
-                fast.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                fast = None  # another process holds the write lock: wait on the async path
-            if fast is not None:
-                try:
-                    fast.executemany(_SQLITE_INSERT, values)
-                    fast.execute("COMMIT")
-                    return
-                except BaseException:
-                    fast.execute("ROLLBACK")
-                    raise
+        if self.fast_connection is not None:
+            columns = [c for c in _invocation_rows().columns if c in rows[0]]
+            values = [tuple(_invocation_rows().value(c, r.get(c)) for c in columns) for r in rows]
+            if self._fast_write(_invocation_rows().insert(columns), values):
+                return
         async with self.engine.begin() as conn:
             await conn.execute(insert(Invocation), list(rows))
 
     async def totals(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        fast = self.fast_connection
+        if fast is not None:
+            row = fast.execute(
+                "SELECT count(id), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+                " sum(cost_usd) FROM invocations WHERE execution_id = ?",
+                (execution_id.hex,),
+            ).fetchone()
+            return _totals(row)
         async with self.session() as s:
             row = (
                 await s.execute(
@@ -428,12 +455,7 @@ class Store:
                     ).where(Invocation.execution_id == execution_id)  # type: ignore[arg-type]
                 )
             ).one()
-        return {
-            "invocation_count": row[0],
-            "input_tokens": row[1],
-            "output_tokens": row[2],
-            "cost_usd": None if row[3] is None else round(float(row[3]), 6),
-        }
+        return _totals(row)
 
     async def add_memory(self, owner: str, execution_id: uuid.UUID, key: str, content: str) -> None:
         async with self.session() as s:
@@ -544,40 +566,63 @@ class Store:
         return len(ids)
 
 
-# Invocation rows as SQLite stores them through SQLAlchemy (UUID as hex, enums by name, JSON text,
-# naive ISO datetimes), written without per-row type processing: the hot path of checkpointing.
-_INVOCATION_COLUMNS = (
-    "execution_id", "key", "slot", "agent_name", "provider", "model", "input", "output", "error",
-    "attempt", "status", "input_tokens", "output_tokens", "cost_usd", "duration_ms", "started_at",
-    "completed_at",
-)  # fmt: skip
-_SQLITE_INSERT = "INSERT INTO invocations ({}) VALUES ({})".format(
-    ", ".join(f'"{c}"' for c in _INVOCATION_COLUMNS), ", ".join("?" for _ in _INVOCATION_COLUMNS)
-)
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+class _SqliteRows:
+    """Rows of a table as SQLAlchemy would bind them on SQLite, without its per-row machinery.
+
+    The conversions are SQLAlchemy's own bind processors (UUID as hex, enums by name, JSON text,
+    datetimes), applied directly: the hot path of recording executions and invocations.
+    """
+
+    def __init__(self, table: Any) -> None:
+        from sqlalchemy.dialects import sqlite
+
+        dialect = sqlite.dialect()
+        self.table = table.name
+        # Every column but an integer primary key, which SQLite assigns.
+        self.columns = [
+            c.name for c in table.columns if not (c.primary_key and isinstance(c.type, Integer))
+        ]
+        self.processors = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns
+        }
+
+    def value(self, column: str, value: Any) -> Any:
+        processor = self.processors[column]
+        return value if value is None or processor is None else processor(value)
+
+    def insert(self, columns: list[str]) -> str:
+        names = ", ".join(f'"{c}"' for c in columns)
+        return f'INSERT INTO "{self.table}" ({names}) VALUES ({", ".join("?" for _ in columns)})'
+
+    def update(self, columns: list[str], key: str) -> str:
+        sets = ", ".join(f'"{c}" = ?' for c in columns)
+        return f'UPDATE "{self.table}" SET {sets} WHERE "{key}" = ?'
 
 
-def _sqlite_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    output = row.get("output")
-    return (
-        row["execution_id"].hex,
-        row["key"],
-        row["slot"],
-        row["agent_name"],
-        row["provider"],
-        row["model"],
-        json.dumps(row.get("input") or {}),
-        None if output is None else json.dumps(output),
-        row.get("error"),
-        row.get("attempt", 1),
-        InvocationStatus(row["status"]).name,
-        row.get("input_tokens", 0),
-        row.get("output_tokens", 0),
-        row.get("cost_usd"),
-        row.get("duration_ms", 0.0),
-        row["started_at"].strftime(_SQLITE_TIME),
-        row["completed_at"].strftime(_SQLITE_TIME),
-    )
+def _totals(row: Any) -> dict[str, Any]:
+    return {
+        "invocation_count": row[0],
+        "input_tokens": row[1],
+        "output_tokens": row[2],
+        "cost_usd": None if row[3] is None else round(float(row[3]), 6),
+    }
+
+
+_ROWS: dict[str, _SqliteRows] = {}
+
+
+def _invocation_rows() -> _SqliteRows:
+    rows = _ROWS.get("invocations")
+    if rows is None:
+        rows = _ROWS["invocations"] = _SqliteRows(Invocation.__table__)
+    return rows
+
+
+def _execution_rows() -> _SqliteRows:
+    rows = _ROWS.get("executions")
+    if rows is None:
+        rows = _ROWS["executions"] = _SqliteRows(Execution.__table__)
+    return rows
 
 
 def parse_execution_id(value: uuid.UUID | str) -> uuid.UUID:
