@@ -6,8 +6,10 @@ import asyncio
 import logging
 import uuid
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
-from qmcp.agentframework.runners import BaseRunner, PreparedRun, RunResult
+if TYPE_CHECKING:
+    from qmcp.agentframework.runners import BaseRunner, PreparedRun, RunResult
 
 log = logging.getLogger("qmcp.server")
 

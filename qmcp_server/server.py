@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
@@ -16,16 +17,10 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from qmcp import __version__
-from qmcp.agentframework import service
-from qmcp.agentframework.diagram import mermaid
 from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError
 from qmcp.agentframework.human import human_channel
 from qmcp.agentframework.llm import ProviderRegistry
-from qmcp.agentframework.mixins import MixinRegistry
-from qmcp.agentframework.models import ExecutionStatus
 from qmcp.agentframework.plugins import load_plugins
-from qmcp.agentframework.runners import RunConfig, RunResult
-from qmcp.agentframework.store import Store, parse_execution_id
 from qmcp_server.runs import BackgroundRuns
 from qmcp_server.sampling import SamplingProvider, current_context, elicitation_channel
 from qmcp_server.schemas import (
@@ -49,7 +44,28 @@ from qmcp_server.schemas import (
     TopologyList,
 )
 
+if TYPE_CHECKING:
+    from qmcp.agentframework.runners import RunResult
+
 log = logging.getLogger("qmcp.server")
+
+
+class _Lazy:
+    """A module imported on first use: the library (SQLModel, SQLAlchemy) is not needed to
+    answer `initialize` or `tools/list`, so the server starts without it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+service = _Lazy("qmcp.agentframework.service")
+store = _Lazy("qmcp.agentframework.store")
+diagram = _Lazy("qmcp.agentframework.diagram")
+runners = _Lazy("qmcp.agentframework.runners")
+mixins = _Lazy("qmcp.agentframework.mixins")
 
 INSTRUCTIONS = """\
 qmcp-server runs multi-agent LLM workflows. Typical flow: mixins_list and agents_list to see what
@@ -106,7 +122,6 @@ def build_server(db_url: str | None = None) -> MCPServer:
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
-        await Store(db_url).init()
         try:
             yield
         finally:
@@ -180,7 +195,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
     @mcp.tool(annotations=READ_ONLY)
     async def mixins_list() -> MixinList:
         """List the capability mixins an agent can use, with their config schemas."""
-        return MixinList(mixins=[MixinInfo(**m) for m in MixinRegistry.describe()])
+        return MixinList(mixins=[MixinInfo(**m) for m in mixins.MixinRegistry.describe()])
 
     # -- topologies -------------------------------------------------------------------------
 
@@ -223,7 +238,9 @@ def build_server(db_url: str | None = None) -> MCPServer:
         except QmcpError as exc:
             raise _tool_error(exc) from None
         info = service.topology_to_dict(topology, slots)
-        return TopologyInfo(**info, mermaid=mermaid(info["topology_type"], info["config"], slots))
+        return TopologyInfo(
+            **info, mermaid=diagram.mermaid(info["topology_type"], info["config"], slots)
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     async def topologies_show(name: Annotated[str, Field(max_length=100)]) -> TopologyInfo:
@@ -234,7 +251,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
             raise _tool_error(exc) from None
         info = service.topology_to_dict(topology, agents)
         return TopologyInfo(
-            **info, mermaid=mermaid(info["topology_type"], info["config"], info["slots"])
+            **info, mermaid=diagram.mermaid(info["topology_type"], info["config"], info["slots"])
         )
 
     @mcp.tool(annotations=RUN)
@@ -266,7 +283,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
             overrides = {"timeout_seconds": timeout_seconds} if timeout_seconds else {}
             run_runner = service.make_runner(
                 runner,
-                config=RunConfig.model_validate(overrides),
+                config=runners.RunConfig.model_validate(overrides),
                 max_concurrent=max_concurrent,
                 db_url=db_url,
             )
@@ -336,17 +353,17 @@ def build_server(db_url: str | None = None) -> MCPServer:
     ) -> CancelOutcome:
         """Cancel a running execution of this server; it is recorded as cancelled and resumable."""
         try:
-            ident = parse_execution_id(execution_id)
+            ident = store.parse_execution_id(execution_id)
             if await runs.cancel(ident):
                 return CancelOutcome(
                     execution_id=str(ident),
                     status="cancelled",
                     message="cancelled; resume it with executions_resume",
                 )
-            execution = await Store(db_url).get_execution(ident)
+            execution = await store.Store(db_url).get_execution(ident)
         except QmcpError as exc:
             raise _tool_error(exc) from None
-        if execution.status == ExecutionStatus.RUNNING:
+        if execution.status == "running":
             raise ToolError(
                 f"execution {ident} is running in another process ({execution.owner}); "
                 "cancel it there (Ctrl-C for the CLI)"
@@ -364,7 +381,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
     ) -> RunOutcome:
         """Finish a failed, cancelled or interrupted execution; finished invocations are reused."""
         try:
-            execution = await Store(db_url).get_execution(execution_id)
+            execution = await store.Store(db_url).get_execution(execution_id)
             run_runner = service.make_runner(runner or execution.runner_type, db_url=db_url)
             prepared = await run_runner.claim(execution.id)
         except QmcpError as exc:
@@ -468,7 +485,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
         except NotFoundError as exc:
             raise ResourceNotFoundError(str(exc)) from None
         info = service.topology_to_dict(topology, agents)
-        info["mermaid"] = mermaid(info["topology_type"], info["config"], info["slots"])
+        info["mermaid"] = diagram.mermaid(info["topology_type"], info["config"], info["slots"])
         return _json(info)
 
     @mcp.resource("qmcp://agents/{name}", name="agent", mime_type="application/json")
