@@ -33,13 +33,7 @@ from qmcp.agentframework.llm import (
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
-from qmcp.agentframework.topologies import TopologyRegistry
-from qmcp.agentframework.topologies.base import (
-    MAX_NESTING,
-    SubTopology,
-    nested_input,
-    nested_output,
-)
+from qmcp.agentframework.topologies.base import SubTopology, run_nested
 from qmcp.agentframework.topologies.text import render_payload
 
 if TYPE_CHECKING:
@@ -388,18 +382,5 @@ class Scope:
         member = self.agent(slot)
         if not isinstance(member, SubTopology):
             return await self.engine.invoke_agent(member, slot, payload, full_key)
-        if self.depth + 1 > MAX_NESTING:
-            raise InvocationFailed(
-                full_key, slot, f"topologies nest deeper than {MAX_NESTING} levels"
-            )
-        kind = TopologyRegistry.get(member.topology.topology_type)
         child = Scope(self.engine, member.agents, f"{full_key}/", self.depth + 1)
-        try:
-            output = await kind.run(
-                child, kind.parse_config(member.topology.config), nested_input(payload)
-            )
-        except InvocationFailed:
-            raise
-        except QmcpError as exc:
-            raise InvocationFailed(full_key, slot, f"topology {member.name!r}: {exc}") from None
-        return nested_output(slot, member, output)
+        return await run_nested(child, self.depth + 1, slot, member, payload, full_key)

@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qmcp.agentframework.errors import InvocationFailed, NotFoundError
-from qmcp.agentframework.topologies.base import (
-    MAX_NESTING,
-    SubTopology,
-    nested_input,
-    nested_output,
-)
+from qmcp.agentframework.topologies.base import SubTopology, run_nested
 
 T = TypeVar("T")
 Outcome = dict[str, Any]  # {"ok": output} or {"failed": reason}
@@ -94,22 +89,8 @@ class ReplayContext:
         raise InvocationFailed(key, slot, str(outcome.get("failed", "unknown error")))
 
     async def _nested(self, slot: str, sub: SubTopology, payload: Any, key: str) -> dict[str, Any]:
-        from qmcp.agentframework.errors import QmcpError
-        from qmcp.agentframework.topologies import TopologyRegistry
-
-        if len(self.path) + 1 > MAX_NESTING:
-            raise InvocationFailed(key, slot, f"topologies nest deeper than {MAX_NESTING} levels")
-        kind = TopologyRegistry.get(sub.topology.topology_type)
         child = ReplayContext(sub.agents, self.outcomes, f"{key}/", (*self.path, slot), self._seen)
-        try:
-            output = await kind.run(
-                child, kind.parse_config(sub.topology.config), nested_input(payload)
-            )
-        except InvocationFailed:
-            raise
-        except QmcpError as exc:
-            raise InvocationFailed(key, slot, f"topology {sub.name!r}: {exc}") from None
-        return nested_output(slot, sub, output)
+        return await run_nested(child, len(self.path) + 1, slot, sub, payload, key)
 
     async def try_invoke(
         self, slot: str, payload: Any, *, key: str | None = None

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import InvocationFailed, ValidationError, known
+from qmcp.agentframework.errors import InvocationFailed, QmcpError, ValidationError, known
 from qmcp.agentframework.models import AgentType, TopologyType
 
 T = TypeVar("T")
@@ -170,5 +170,22 @@ def nested_input(payload: Any) -> dict[str, Any]:
     return dict(payload) if isinstance(payload, dict) else {"prompt": render_payload(payload)}
 
 
-def nested_output(slot: str, sub: SubTopology, output: Output) -> Output:
+async def run_nested(
+    child: RunContext, depth: int, slot: str, sub: SubTopology, payload: Any, key: str
+) -> Output:
+    """Run a nested topology in `child` (a context over its slots) and answer like an agent.
+
+    Its own failure is a failed invocation of the outer slot, so outer failure policies apply.
+    """
+    if depth > MAX_NESTING:
+        raise InvocationFailed(key, slot, f"topologies nest deeper than {MAX_NESTING} levels")
+    kind = TopologyRegistry.get(sub.topology.topology_type)
+    try:
+        output = await kind.run(
+            child, kind.parse_config(sub.topology.config), nested_input(payload)
+        )
+    except InvocationFailed:
+        raise
+    except QmcpError as exc:
+        raise InvocationFailed(key, slot, f"topology {sub.name!r}: {exc}") from None
     return {"content": output["content"], "agent": sub.name, "slot": slot, "topology": output}
