@@ -25,7 +25,7 @@ MODES = [pytest.param({}, id="stateless-2026"), pytest.param({"mode": "legacy"},
 
 def server_env(db_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update(QMCP_DATABASE_URL=db_url, QMCP_LOG_LEVEL="WARNING", **extra)
+    env.update({"QMCP_DATABASE_URL": db_url, "QMCP_LOG_LEVEL": "WARNING", **extra})
     return env
 
 
@@ -259,3 +259,49 @@ def test_mcp_inspector_cli_drives_the_server(db_url: str, tmp_path: Path) -> Non
     )
     assert missing.returncode == 5, missing.stdout + missing.stderr
     assert "no topology named 'ghost'" in missing.stdout + missing.stderr
+
+
+def test_stdout_carries_only_json_rpc(db_url: str, tmp_path: Path) -> None:
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "agents_create", "arguments": {"name": "x", "role": "wizard"}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 4,
+            "method": "tools/call",
+            "params": {"name": "executions_list", "arguments": {}},
+        },
+    ]
+    stdin = "".join(json.dumps(m) + "\n" for m in messages)
+    done = subprocess.run(
+        [str(BIN / "qmcp-server")],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=server_env(db_url, QMCP_LOG_LEVEL="DEBUG"),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    replies = [json.loads(line) for line in lines]  # every line is JSON-RPC
+    assert all(r.get("jsonrpc") == "2.0" for r in replies)
+    by_id = {r["id"]: r for r in replies if "id" in r}
+    assert set(by_id) == {1, 2, 3, 4}
+    assert by_id[3]["result"]["isError"] is True
+    assert "Traceback" not in done.stdout
