@@ -7,8 +7,17 @@ import json
 import pytest
 
 from qmcp.agentframework.llm import LLMRequest, Message
-from qmcp.agentframework.llm.offline import MARK, ROUTE_MARKER, SUBTASKS_MARKER, offline_answer
+from qmcp.agentframework.llm.offline import (
+    JUDGMENT_MARKER,
+    MARK,
+    ROUTE_MARKER,
+    SUBTASKS_MARKER,
+    VERDICT_MARKER,
+    offline_answer,
+)
 from qmcp.agentframework.topologies.chain_of_command import PLAN_FORMAT
+from qmcp.agentframework.topologies.consensus import VERDICT_FORMAT
+from qmcp.agentframework.topologies.debate import JUDGMENT_FORMAT
 from qmcp.agentframework.topologies.delegation import ROUTE_FORMAT
 
 
@@ -26,6 +35,8 @@ def ask(prompt: str, role: str = "executor", name: str = "a") -> str:
 def test_markers_match_the_formats_topologies_write() -> None:
     assert f"JSON of the form {PLAN_FORMAT}".startswith(SUBTASKS_MARKER)
     assert f"JSON of the form {ROUTE_FORMAT}".startswith(ROUTE_MARKER)
+    assert f"JSON of the form {VERDICT_FORMAT}".startswith(VERDICT_MARKER)
+    assert f"JSON of the form {JUDGMENT_FORMAT}".startswith(JUDGMENT_MARKER)
 
 
 def test_deterministic_marked_and_role_aware() -> None:

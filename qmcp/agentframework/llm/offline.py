@@ -31,6 +31,8 @@ def _excerpt(text: str, limit: int = 160) -> str:
 # (llm/ does not import topologies/; tests/test_offline.py holds them together).
 SUBTASKS_MARKER = 'JSON of the form {"subtasks": ['
 ROUTE_MARKER = 'JSON of the form {"route": ['
+VERDICT_MARKER = 'JSON of the form {"approved":'
+JUDGMENT_MARKER = 'JSON of the form {"converged":'
 _AT_MOST_SUBTASKS = re.compile(r"at most (\d+) subtasks|between 1 and (\d+) subtasks")
 _SPECIALIST_LINE = re.compile(r"^- ([^:\s]+): agent ", re.M)
 _AT_MOST_SPECIALISTS = re.compile(r"at least 1 and at most (\d+)")
@@ -57,6 +59,19 @@ def _structured_answer(request: LLMRequest, digest: int) -> str | None:
             for i in range(1, count + 1)
         ]
         return json.dumps({"subtasks": subtasks})
+    confidence = round(0.55 + (digest % 41) / 100, 2)
+    if VERDICT_MARKER in prompt:
+        return json.dumps({"approved": True, "confidence": confidence, "issues": []})
+    if JUDGMENT_MARKER in prompt:
+        return json.dumps(
+            {
+                "converged": confidence >= 0.8,
+                "agreement": confidence,
+                "verdict": f"{MARK} {request.agent_name or 'mediator'} finds the sides at "
+                f"{confidence:.0%} agreement on: {_excerpt(prompt, 60)}",
+                "winner": None,
+            }
+        )
     if ROUTE_MARKER in prompt:
         slots = _SPECIALIST_LINE.findall(prompt)
         if not slots:
