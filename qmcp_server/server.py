@@ -71,7 +71,7 @@ INSTRUCTIONS = """\
 qmcp-server runs multi-agent LLM workflows. Typical flow: mixins_list and agents_list to see what
 exists; agents_create for each agent (role + model: 'offline' needs no key, claude-… ids need
 ANTHROPIC_API_KEY on the server, 'sampling' asks your own model); topologies_create to put agents
-in slots (pipeline: one slot per stage; ensemble: ensemble_0.. plus aggregator); topologies_run with
+in slots (see topologies_create for each kind's slots); topologies_run with
 an input object such as {"prompt": "..."}; read qmcp://executions/{id} for the full record. Long
 runs: topologies_run with wait=false returns an execution id at once; poll executions_get."""
 
@@ -213,14 +213,18 @@ def build_server(db_url: str | None = None) -> MCPServer:
         topology_type: Annotated[
             str,
             Field(
-                description="pipeline or ensemble (see the server's instructions)", max_length=50
+                description="pipeline, ensemble, debate, cross_check, chain_of_command or delegation",
+                max_length=50,
             ),
         ],
         slots: Annotated[
             dict[str, str],
             Field(
-                description="slot name -> agent name, in order. pipeline: one slot per stage; "
-                "ensemble: ensemble_0, ensemble_1, … and aggregator for synthesis",
+                description="slot name -> agent name (or 'topology:<name>' to nest a stored "
+                "topology), in order. pipeline: one slot per stage; ensemble: ensemble_0, … and "
+                "aggregator; debate: proponent, opponent, mediator; cross_check: primary, "
+                "checker_1, checker_2; chain_of_command: commander, lieutenant_*, worker_*; "
+                "delegation: coordinator and specialists",
                 max_length=100,
             ),
         ],

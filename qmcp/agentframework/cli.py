@@ -258,7 +258,12 @@ def topologies_list(fmt: FormatOption = "table") -> None:
 @topologies_app.command("create")
 def topologies_create(
     name: Annotated[str, typer.Argument(help="unique topology name")],
-    topology_type: Annotated[str, typer.Argument(help="pipeline or ensemble")],
+    topology_type: Annotated[
+        str,
+        typer.Argument(
+            help="pipeline, ensemble, debate, cross_check, chain_of_command or delegation"
+        ),
+    ],
     slot: Annotated[
         list[str],
         typer.Option("--slot", "-s", help="SLOT=AGENT, repeat for each slot, in order"),
