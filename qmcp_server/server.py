@@ -213,7 +213,8 @@ def build_server(db_url: str | None = None) -> MCPServer:
         topology_type: Annotated[
             str,
             Field(
-                description="pipeline, ensemble, debate, cross_check, chain_of_command or delegation",
+                description="pipeline, ensemble, debate, cross_check, chain_of_command "
+                "or delegation",
                 max_length=50,
             ),
         ],
