@@ -532,8 +532,14 @@ def build_server(db_url: str | None = None) -> MCPServer:
 
 
 def configure_logging() -> None:
-    """Logs go to stderr (the SDK's handler): under stdio, stdout carries only JSON-RPC."""
-    logging.getLogger("qmcp").setLevel(os.environ.get("QMCP_LOG_LEVEL", "INFO").upper())
+    """Plain log lines on stderr: under stdio, stdout carries only JSON-RPC.
+
+    Configured before the SDK's own (rich) handler would be, which costs milliseconds a line.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=_log_level(), handlers=[handler])
+    logging.getLogger("qmcp").setLevel(_log_level())
 
 
 def run(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:

@@ -25,7 +25,13 @@ from qmcp.agentframework.models import (
     Topology,
     utcnow,
 )
-from qmcp.agentframework.runners.engine import AgentSetup, Engine, EventHandler, agent_setup
+from qmcp.agentframework.runners.engine import (
+    AgentSetup,
+    Engine,
+    EventHandler,
+    agent_setup,
+    run_log,
+)
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
 from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKind, TopologyRegistry
 
@@ -270,7 +276,6 @@ class BaseRunner:
         setups: dict[int, AgentSetup] | None = None,
     ) -> RunResult:
         cfg = self.config
-        log.setLevel(cfg.log_level)
         engine = Engine(
             execution_id=execution.id,
             agents=agents,
@@ -284,7 +289,9 @@ class BaseRunner:
         )
         started_at = utcnow()
         t0 = time.perf_counter()
-        log.info(
+        run_log(
+            cfg,
+            logging.INFO,
             "execution %s: %s %r on %s",
             execution.id,
             kind.type.value,
@@ -315,7 +322,8 @@ class BaseRunner:
             error = f"{type(exc).__name__}: {exc}"
         completed_at = await self._finish(execution, engine, status, output, error, t0, previous_ms)
         duration_ms = int((time.perf_counter() - t0) * 1000)
-        log.log(
+        run_log(
+            cfg,
             logging.INFO if status is ExecutionStatus.COMPLETED else logging.WARNING,
             "execution %s %s in %d ms%s",
             execution.id,
@@ -359,7 +367,9 @@ class BaseRunner:
         if self.config.metrics_enabled:
             totals = await self.store.totals(execution.id)
             values.update(totals)
-            log.info(
+            run_log(
+                self.config,
+                logging.INFO,
                 "execution %s metrics: %d invocations, %d input + %d output tokens, cost %s",
                 execution.id,
                 totals["invocation_count"],

@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("qmcp.run")
 
+
+def run_log(config: RunConfig, level: int, message: str, *args: Any) -> None:
+    """Log for one run: `RunConfig.log_level` filters this run's lines; the application's
+    logging configuration decides where the rest go (a per-run filter, not a global setting)."""
+    if level >= logging.getLevelName(config.log_level) and log.isEnabledFor(level):
+        log.log(level, message, *args)
+
+
 BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_MAX_SECONDS = 8.0
 
@@ -239,7 +247,9 @@ class Engine:
                 return await self._gated(agent, slot, key, output)
             row.update(status=InvocationStatus.FAILED, output=None, error=error)
             await self._record(row)
-            log.warning("invocation %s attempt %d failed: %s", key, attempt, error)
+            run_log(
+                cfg, logging.WARNING, "invocation %s attempt %d failed: %s", key, attempt, error
+            )
             if repair is not None and repairs_left > 0 and response is not None:
                 repairs_left -= 1
                 request = request.model_copy(
