@@ -296,17 +296,22 @@ def build_server(db_url: str | None = None) -> MCPServer:
             prepared = await run_runner.start(topology_obj, agents, data)
         except QmcpError as exc:
             raise _tool_error(exc) from None
-        if not wait:
-            runs.start(run_runner, prepared)
-            return RunOutcome(
-                execution_id=str(prepared.execution_id),
-                status="running",
-                topology_name=topology,
-                runner_type=run_runner.runner_type,
-                correlation_id=prepared.execution.correlation_id,
-                resource_uri=f"qmcp://executions/{prepared.execution_id}",
-            )
-        return _outcome(await _finish_with_progress(ctx, run_runner, prepared))
+        return await _launch(ctx, run_runner, prepared, wait)
+
+    async def _launch(ctx: Context, run_runner: Any, prepared: Any, wait: bool) -> RunOutcome:
+        """Run to the end with progress (wait), or carry on in the server and answer at once."""
+        if wait:
+            return _outcome(await _finish_with_progress(ctx, run_runner, prepared))
+        runs.start(run_runner, prepared)
+        execution = prepared.execution
+        return RunOutcome(
+            execution_id=str(execution.id),
+            status="running",
+            topology_name=execution.topology_name,
+            runner_type=run_runner.runner_type,
+            correlation_id=execution.correlation_id,
+            resource_uri=f"qmcp://executions/{execution.id}",
+        )
 
     async def _finish_with_progress(ctx: Context, run_runner: Any, prepared: Any) -> RunResult:
         async def on_event(event: Any) -> None:
@@ -391,17 +396,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
             prepared = await run_runner.claim(execution.id)
         except QmcpError as exc:
             raise _tool_error(exc) from None
-        if not wait:
-            runs.start(run_runner, prepared)
-            return RunOutcome(
-                execution_id=str(execution.id),
-                status="running",
-                topology_name=execution.topology_name,
-                runner_type=run_runner.runner_type,
-                correlation_id=execution.correlation_id,
-                resource_uri=f"qmcp://executions/{execution.id}",
-            )
-        return _outcome(await _finish_with_progress(ctx, run_runner, prepared))
+        return await _launch(ctx, run_runner, prepared, wait)
 
     @mcp.tool(annotations=CREATE)
     async def flows_generate(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from qmcp.agentframework.errors import (
     InvocationFailed,
-    NotFoundError,
     ProviderError,
     QmcpError,
 )
@@ -33,7 +32,7 @@ from qmcp.agentframework.llm import (
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
-from qmcp.agentframework.topologies.base import SubTopology, run_nested
+from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
 from qmcp.agentframework.topologies.text import render_payload
 
 if TYPE_CHECKING:
@@ -354,7 +353,7 @@ class Engine:
             await result
 
 
-class Scope:
+class Scope(Slots):
     """The slots of one topology level; a slot filled by a topology opens a nested scope.
 
     Keys inside a nested topology are prefixed with the outer invocation's key
@@ -366,15 +365,6 @@ class Scope:
         self.agents = agents
         self.prefix = prefix
         self.depth = depth
-
-    def slots(self, prefix: str | None = None) -> list[str]:
-        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
-
-    def agent(self, slot: str) -> Any:
-        try:
-            return self.agents[slot]
-        except KeyError:
-            raise NotFoundError(f"no agent in slot {slot!r}") from None
 
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
         return await self.engine.gather(awaitables)

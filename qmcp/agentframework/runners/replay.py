@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from qmcp.agentframework.errors import InvocationFailed, NotFoundError
-from qmcp.agentframework.topologies.base import SubTopology, run_nested
+from qmcp.agentframework.errors import InvocationFailed
+from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
 
 T = TypeVar("T")
 Outcome = dict[str, Any]  # {"ok": output} or {"failed": reason}
@@ -47,7 +47,7 @@ class Pending(BaseException):
         self.calls = calls
 
 
-class ReplayContext:
+class ReplayContext(Slots):
     """A `RunContext` over recorded outcomes, key by key, in the order the program asks."""
 
     def __init__(
@@ -63,15 +63,6 @@ class ReplayContext:
         self.prefix = prefix
         self.path = path
         self._seen: dict[str, int] = {} if seen is None else seen
-
-    def slots(self, prefix: str | None = None) -> list[str]:
-        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
-
-    def agent(self, slot: str) -> Any:
-        try:
-            return self.agents[slot]
-        except KeyError:
-            raise NotFoundError(f"no agent in slot {slot!r}") from None
 
     async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
         key = self.prefix + (key or slot)

@@ -14,7 +14,13 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import InvocationFailed, QmcpError, ValidationError, known
+from qmcp.agentframework.errors import (
+    InvocationFailed,
+    NotFoundError,
+    QmcpError,
+    ValidationError,
+    known,
+)
 from qmcp.agentframework.models import AgentType, TopologyType
 
 T = TypeVar("T")
@@ -133,6 +139,21 @@ def reject_unexpected(kind: str, unexpected: list[str], expected: str) -> None:
 
 
 MAX_NESTING = 5
+
+
+class Slots:
+    """The slots of one topology level, in their declared order (shared by run contexts)."""
+
+    agents: Mapping[str, Any]
+
+    def slots(self, prefix: str | None = None) -> list[str]:
+        return [s for s in self.agents if prefix is None or s.startswith(prefix)]
+
+    def agent(self, slot: str) -> Any:
+        try:
+            return self.agents[slot]
+        except KeyError:
+            raise NotFoundError(f"no agent in slot {slot!r}") from None
 
 
 @dataclass(frozen=True)
