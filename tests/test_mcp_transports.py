@@ -288,20 +288,32 @@ def test_stdout_carries_only_json_rpc(db_url: str, tmp_path: Path) -> None:
             "params": {"name": "executions_list", "arguments": {}},
         },
     ]
-    stdin = "".join(json.dumps(m) + "\n" for m in messages)
-    done = subprocess.run(
+    errors = (tmp_path / "stderr.log").open("w")
+    process = subprocess.Popen(
         [str(BIN / "qmcp-server")],
-        input=stdin,
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errors,
         text=True,
         env=server_env(db_url, QMCP_LOG_LEVEL="DEBUG"),
         cwd=tmp_path,
-        timeout=60,
     )
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    replies = [json.loads(line) for line in lines]  # every line is JSON-RPC
+    assert process.stdin is not None and process.stdout is not None
+    for message in messages:
+        process.stdin.write(json.dumps(message) + "\n")
+    process.stdin.flush()
+    replies = []
+    while len([r for r in replies if "id" in r]) < 4:  # every line is JSON-RPC, or this fails
+        line = process.stdout.readline()
+        assert line, (tmp_path / "stderr.log").read_text()
+        replies.append(json.loads(line))
+    process.stdin.close()
+    rest = process.stdout.read()
+    process.wait(30)
+    errors.close()
+    replies += [json.loads(line) for line in rest.splitlines() if line.strip()]
     assert all(r.get("jsonrpc") == "2.0" for r in replies)
     by_id = {r["id"]: r for r in replies if "id" in r}
     assert set(by_id) == {1, 2, 3, 4}
     assert by_id[3]["result"]["isError"] is True
-    assert "Traceback" not in done.stdout
+    assert "Traceback" not in rest
