@@ -109,7 +109,7 @@ async def overhead(tmp: Path, quick: bool) -> list[Row]:
                 wall = await time_runs(runs_of(runner, top, agents), repeat)
                 # The marginal cost: a run of 10x the members, minus this one, per extra member.
                 big_top, big_agents = topology(kind, members * 10, "bench_instant")
-                big = await time_runs(runs_of(runner, big_top, big_agents), max(5, repeat // 6))
+                big = await time_runs(runs_of(runner, big_top, big_agents), max(8, repeat // 3))
                 marginal = (big - wall) / (members * 9) * 1e6
                 target = 300.0 if checkpoint else 50.0
                 label = "durable" if checkpoint else "no checkpoint"
