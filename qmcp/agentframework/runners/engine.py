@@ -369,14 +369,6 @@ class Scope(Slots):
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
         return await self.engine.gather(awaitables)
 
-    async def try_invoke(
-        self, slot: str, payload: Any, *, key: str | None = None
-    ) -> dict[str, Any] | InvocationFailed:
-        try:
-            return await self.invoke(slot, payload, key=key)
-        except InvocationFailed as exc:
-            return exc
-
     async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
         full_key = self.prefix + (key or slot)
         member = self.agent(slot)

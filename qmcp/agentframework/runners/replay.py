@@ -83,14 +83,6 @@ class ReplayContext(Slots):
         child = ReplayContext(sub.agents, self.outcomes, f"{key}/", (*self.path, slot), self._seen)
         return await run_nested(child, len(self.path) + 1, slot, sub, payload, key)
 
-    async def try_invoke(
-        self, slot: str, payload: Any, *, key: str | None = None
-    ) -> dict[str, Any] | InvocationFailed:
-        try:
-            return await self.invoke(slot, payload, key=key)
-        except InvocationFailed as exc:
-            return exc
-
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
         results: list[T] = []
         pending: list[PendingCall] = []

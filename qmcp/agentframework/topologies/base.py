@@ -155,6 +155,14 @@ class Slots:
         except KeyError:
             raise NotFoundError(f"no agent in slot {slot!r}") from None
 
+    async def try_invoke(
+        self, slot: str, payload: Any, *, key: str | None = None
+    ) -> dict[str, Any] | InvocationFailed:
+        try:
+            return await self.invoke(slot, payload, key=key)  # type: ignore[attr-defined,no-any-return]
+        except InvocationFailed as exc:
+            return exc
+
 
 @dataclass(frozen=True)
 class SubTopology:
