@@ -2,86 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from agent_team import Team
 
 from qmcp.agentframework import service
 from qmcp.agentframework.errors import ValidationError
-from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
+from qmcp.agentframework.llm import unregister_function
 from qmcp.agentframework.models import (
     AgentConfig,
     AgentType,
-    CapabilityConfig,
     ExecutionStatus,
-    ModelConfig,
     Models,
     Topology,
     TopologyType,
 )
 from qmcp.agentframework.runners import AsyncRunner, LocalRunner, RunConfig
 from qmcp.agentframework.store import Store
-from qmcp.agentframework.topologies import TopologyRegistry, delegation
+from qmcp.agentframework.topologies import TopologyRegistry
 from qmcp.agentframework.topologies.delegation import keyword_route, parse_route
 
 pytestmark = pytest.mark.anyio
-
-Answer = str | Callable[[str], str]
-
-
-@dataclass
-class Team:
-    """Function-model agents that answer by script and record what each was asked."""
-
-    delay: float = 0.0
-    calls: list[tuple[str, str]] = field(default_factory=list)
-    inflight: int = 0
-    peak: int = 0
-    registered: list[str] = field(default_factory=list)
-
-    def agent(
-        self,
-        name: str,
-        answer: Answer,
-        role: str = "specialist",
-        description: str = "",
-        capabilities: tuple[str, ...] = (),
-    ) -> AgentType:
-        fn_name = f"deleg-{uuid.uuid4().hex[:8]}-{name}"
-
-        async def fn(request: LLMRequest) -> str:
-            self.calls.append((name, request.prompt))
-            self.inflight += 1
-            self.peak = max(self.peak, self.inflight)
-            try:
-                await asyncio.sleep(self.delay)
-                return answer(request.prompt) if callable(answer) else answer
-            finally:
-                self.inflight -= 1
-
-        register_function(fn_name, fn)
-        self.registered.append(fn_name)
-        config = AgentConfig(
-            model_config_obj=ModelConfig(provider="function", model=fn_name),
-            capabilities=[CapabilityConfig(name=c) for c in capabilities],
-        )
-        return AgentType(name=name, role=role, description=description, config=config.model_dump())
-
-    def prompts(self, name: str) -> list[str]:
-        return [prompt for who, prompt in self.calls if who == name]
-
-    def who(self) -> list[str]:
-        return [who for who, _ in self.calls]
-
-
-@pytest.fixture(autouse=True)
-def _registered() -> None:
-    TopologyRegistry.register(delegation.KIND)
 
 
 @pytest.fixture
