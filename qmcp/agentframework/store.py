@@ -6,12 +6,11 @@ One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,7 +119,6 @@ class Store:
             ) from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._parsed = parsed
-        self._lock = asyncio.Lock()
 
     # -- engine -----------------------------------------------------------------------------
 
@@ -172,16 +170,6 @@ class Store:
         await self.mark_interrupted()
         return self
 
-    @classmethod
-    async def dispose_all(cls) -> None:
-        for engine in cls._engines.values():
-            await engine.dispose()
-        for connection in cls._fast_connections.values():
-            connection.close()
-        cls._engines.clear()
-        cls._fast_connections.clear()
-        cls._ready.clear()
-
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         await self.init()
@@ -209,11 +197,6 @@ class Store:
         if agent is None:
             raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
         return agent
-
-    async def agents_by_id(self, ids: Iterable[int]) -> dict[int, AgentType]:
-        async with self.session() as s:
-            rows = (await s.execute(select(AgentType).where(AgentType.id.in_(list(ids))))).scalars()  # type: ignore[union-attr]
-            return {a.id: a for a in rows if a.id is not None}
 
     async def list_agents(self, role: str | None = None) -> list[AgentType]:
         query = select(AgentType).order_by(AgentType.name)
