@@ -1,4 +1,4 @@
-"""Tables and config models: agents, topologies, executions, invocations."""
+"""Tables and config models: agents, topologies, executions, invocations and their turns."""
 
 from qmcp.agentframework.models.config import AgentConfig, CapabilityConfig, ModelConfig, Models
 from qmcp.agentframework.models.enums import (
@@ -15,6 +15,7 @@ from qmcp.agentframework.models.tables import (
     Approval,
     Execution,
     Invocation,
+    InvocationTurn,
     Topology,
     TopologyMembership,
     utcnow,
@@ -35,6 +36,7 @@ __all__ = [
     "ExecutionStatus",
     "Invocation",
     "InvocationStatus",
+    "InvocationTurn",
     "ModelConfig",
     "Models",
     "PipelineConfig",

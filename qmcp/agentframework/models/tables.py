@@ -1,4 +1,7 @@
-"""The database tables: agent types, topologies, memberships, executions, invocations."""
+"""The database tables: agent types, topologies, memberships, executions, invocations, turns.
+
+A change here is a schema change: it needs a migration in `qmcp/agentframework/store/migrations`.
+"""
 
 from __future__ import annotations
 
@@ -135,6 +138,36 @@ class Invocation(SQLModel, table=True):
     duration_ms: float = 0.0
     started_at: datetime = Field(sa_type=DateTime(timezone=True))
     completed_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class InvocationTurn(SQLModel, table=True):
+    """One model turn of a multi-turn invocation (a conversation with tool calls).
+
+    Each turn is recorded as it completes, so an invocation interrupted between turns resumes
+    from its last recorded turn. `content` holds content blocks: `{"type": "text", "text"}`,
+    `{"type": "tool_use", "id", "name", "input"}`, `{"type": "tool_result", "tool_use_id",
+    "content", "is_error"}`.
+    """
+
+    __tablename__ = "invocation_turns"
+    __table_args__ = (UniqueConstraint("execution_id", "key", "turn"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    execution_id: uuid.UUID = Field(
+        sa_column=Column(
+            ForeignKey("executions.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    key: str = Field(max_length=500)
+    turn: int  # 0-based position in the conversation
+    role: str = Field(max_length=20)  # "assistant" | "user"
+    content: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    model: str = Field(default="", max_length=200)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    created_at: datetime = _ts()
 
 
 class AgentMemory(SQLModel, table=True):
