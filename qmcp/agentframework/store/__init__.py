@@ -1,0 +1,31 @@
+"""The database: one configuration, numbered migrations, one write path per backend.
+
+One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else
+`sqlite+aiosqlite:///./agent.db`. SQLite runs in WAL mode with a busy timeout, foreign keys and
+`synchronous=NORMAL`; PostgreSQL runs on asyncpg.
+
+- `core`: `Store`, every query and write of the project;
+- `database`: one URL's connections in this process and the single write path of each backend;
+- `migrations`: the numbered Alembic revisions and the upgrade run at first use;
+- `owners`: the token naming the process that runs an execution, and whether it still lives.
+"""
+
+from qmcp.agentframework.store.core import Store, parse_execution_id
+from qmcp.agentframework.store.database import (
+    DEFAULT_DATABASE_URL,
+    SQLITE_BUSY_TIMEOUT_MS,
+    DatabaseError,
+    database_url,
+)
+from qmcp.agentframework.store.owners import owner_alive, owner_token
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "DatabaseError",
+    "Store",
+    "database_url",
+    "owner_alive",
+    "owner_token",
+    "parse_execution_id",
+]

@@ -1,0 +1,602 @@
+"""`Store`: every query and write of the project, over one `Database` per URL.
+
+Writes are small functions of a SQLAlchemy `Connection` (Core statements) that `Database.write`
+runs in one transaction, on every backend the same way; reads are async ORM sessions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlmodel import SQLModel, col
+
+from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
+from qmcp.agentframework.models import (
+    AgentMemory,
+    AgentType,
+    Approval,
+    Execution,
+    ExecutionStatus,
+    Invocation,
+    InvocationStatus,
+    InvocationTurn,
+    Topology,
+    TopologyMembership,
+    utcnow,
+)
+from qmcp.agentframework.store.database import (
+    Database,
+    close_database,
+    database_for,
+    database_url,
+    parse_url,
+)
+from qmcp.agentframework.store.migrations import upgrade
+from qmcp.agentframework.store.owners import owner_alive
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+AGENTS = _table(AgentType)
+TOPOLOGIES = _table(Topology)
+MEMBERSHIPS = _table(TopologyMembership)
+EXECUTIONS = _table(Execution)
+INVOCATIONS = _table(Invocation)
+TURNS = _table(InvocationTurn)
+MEMORIES = _table(AgentMemory)
+APPROVALS = _table(Approval)
+# Built once: SQLAlchemy then finds their compiled form in its cache at once.
+_INSERT_INVOCATIONS = insert(INVOCATIONS)
+_INSERT_TURNS = insert(TURNS)
+_INSERT_EXECUTION = insert(EXECUTIONS)
+_TOTALS = (
+    func.count(INVOCATIONS.c.id),
+    func.coalesce(func.sum(INVOCATIONS.c.input_tokens), 0),
+    func.coalesce(func.sum(INVOCATIONS.c.output_tokens), 0),
+    func.sum(INVOCATIONS.c.cost_usd),
+)
+INTERRUPTED_ERROR = (
+    "the process running this execution stopped before it finished; "
+    "resume it with `qmcp executions resume ID`"
+)
+_TURN_FIELDS = ("turn", "role", "content", "model", "input_tokens", "output_tokens")
+
+
+def _values(obj: SQLModel) -> dict[str, Any]:
+    """An object's column values, leaving out a primary key the database assigns."""
+    table = _table(type(obj))
+    values = {c.name: getattr(obj, c.name) for c in table.columns}
+    for c in table.primary_key.columns:
+        if values.get(c.name) is None:
+            values.pop(c.name, None)
+    return values
+
+
+def _insert(connection: Connection, table: Table, values: dict[str, Any]) -> Any:
+    """Insert one row; its primary key."""
+    key = connection.execute(insert(table).values(values)).inserted_primary_key
+    assert key is not None
+    return key[0]
+
+
+def _fetch(connection: Connection, model: type[M], ident: Any) -> M | None:
+    """One row as a model object, as a session would load it."""
+    table = _table(model)
+    row = connection.execute(select(table).where(table.c.id == ident)).mappings().first()
+    return None if row is None else model(**row)
+
+
+def _totals(row: Any) -> dict[str, Any]:
+    return {
+        "invocation_count": row[0],
+        "input_tokens": row[1],
+        "output_tokens": row[2],
+        "cost_usd": None if row[3] is None else round(float(row[3]), 6),
+    }
+
+
+def _initialize(connection: Connection) -> None:
+    upgrade(connection)
+    _mark_interrupted(connection)
+
+
+def _mark_interrupted(connection: Connection) -> int:
+    rows = connection.execute(
+        select(EXECUTIONS.c.id, EXECUTIONS.c.owner).where(
+            EXECUTIONS.c.status == ExecutionStatus.RUNNING
+        )
+    )
+    dead = [ident for ident, owner in rows if owner_alive(owner) is False]
+    if dead:
+        connection.execute(
+            update(EXECUTIONS)
+            .where(EXECUTIONS.c.id.in_(dead))
+            .where(EXECUTIONS.c.status == ExecutionStatus.RUNNING)
+            .values(status=ExecutionStatus.INTERRUPTED, error=INTERRUPTED_ERROR)
+        )
+    return len(dead)
+
+
+class Store:
+    """The project's database: created or upgraded on first use, closed with `close()`.
+
+    Store objects are cheap; all of them for one URL share that URL's connections in this
+    process (`Database`). `close()` closes those connections; the next use opens them again.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = database_url(url)
+        self._parsed = parse_url(self.url)
+        self.is_sqlite = self._parsed.get_backend_name() == "sqlite"
+
+    # -- connections ------------------------------------------------------------------------
+
+    @property
+    def database(self) -> Database:
+        return database_for(self.url)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.database.engine
+
+    async def init(self) -> Store:
+        """Upgrade the schema to this version's (creating it in a new database) once per
+        process, and mark executions whose process died as interrupted."""
+        database = self.database
+        if not database.ready:
+            await database.write(_initialize)
+            database.ready = True
+        return self
+
+    async def close(self) -> None:
+        """Finish queued writes and close this URL's connections (engines, writer thread)."""
+        await close_database(self.url)
+
+    async def __aenter__(self) -> Store:
+        return await self.init()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session for reads."""
+        await self.init()
+        async with self.database.session() as session:
+            yield session
+
+    async def _write(self, fn: Any, *, conflict: str | None = None) -> Any:
+        await self.init()
+        return await self.database.write(fn, conflict=conflict)
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def add_agent(self, agent: AgentType) -> AgentType:
+        values = _values(agent)
+
+        def add(connection: Connection) -> AgentType | None:
+            ident = _insert(connection, AGENTS, values)
+            return _fetch(connection, AgentType, ident)
+
+        stored: AgentType = await self._write(
+            add,
+            conflict=f"an agent named {agent.name!r} already exists; choose another name",
+        )
+        return stored
+
+    async def get_agent(self, name: str) -> AgentType:
+        async with self.session() as s:
+            agent = (await s.execute(select(AgentType).where(col(AgentType.name) == name))).scalar()
+        if agent is None:
+            raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+        return agent
+
+    async def list_agents(self, role: str | None = None) -> list[AgentType]:
+        query = select(AgentType).order_by(col(AgentType.name))
+        if role:
+            query = query.where(col(AgentType.role) == role)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    # -- topologies -------------------------------------------------------------------------
+
+    async def add_topology(
+        self, topology: Topology, slots: Mapping[str, AgentType | Topology]
+    ) -> Topology:
+        """Store a topology; a slot holds an agent type or a stored topology (compound)."""
+        values = _values(topology)
+        members = [
+            (slot, position, isinstance(member, Topology), member.id)
+            for position, (slot, member) in enumerate(slots.items())
+        ]
+
+        def add(connection: Connection) -> Topology | None:
+            ident = _insert(connection, TOPOLOGIES, values)
+            if members:
+                connection.execute(
+                    insert(MEMBERSHIPS),
+                    [
+                        {
+                            "topology_id": ident,
+                            "slot_name": slot,
+                            "position": position,
+                            "agent_type_id": None if nested else member_id,
+                            "sub_topology_id": member_id if nested else None,
+                        }
+                        for slot, position, nested, member_id in members
+                    ],
+                )
+            return _fetch(connection, Topology, ident)
+
+        stored: Topology = await self._write(
+            add,
+            conflict=f"a topology named {topology.name!r} already exists; choose another name",
+        )
+        return stored
+
+    async def get_topology(self, name: str) -> tuple[Topology, dict[str, Any]]:
+        """A stored topology and its slots (slot -> agent or SubTopology), in slot order."""
+        async with self.session() as s:
+            topology = (
+                await s.execute(select(Topology).where(col(Topology.name) == name))
+            ).scalar()
+            if topology is None:
+                raise NotFoundError(
+                    f"no topology named {name!r}; see `qmcp agents topologies list`"
+                )
+            return topology, await self._members(s, topology, (topology.id,))
+
+    async def _members(
+        self, s: AsyncSession, topology: Topology, path: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        from qmcp.agentframework.topologies.base import MAX_NESTING, SubTopology
+
+        rows = await s.execute(
+            select(TopologyMembership, AgentType, Topology)
+            .outerjoin(AgentType, col(AgentType.id) == col(TopologyMembership.agent_type_id))
+            .outerjoin(Topology, col(Topology.id) == col(TopologyMembership.sub_topology_id))
+            .where(col(TopologyMembership.topology_id) == topology.id)
+            .order_by(col(TopologyMembership.position))
+        )
+        members: dict[str, Any] = {}
+        for membership, agent, sub in rows.all():
+            if sub is None:
+                members[membership.slot_name] = agent
+                continue
+            if sub.id in path:
+                raise ValidationError(
+                    f"topology {topology.name!r} contains itself through {sub.name!r}"
+                )
+            if len(path) > MAX_NESTING:
+                raise ValidationError(
+                    f"topology {topology.name!r} nests deeper than {MAX_NESTING} levels"
+                )
+            members[membership.slot_name] = SubTopology(
+                sub, await self._members(s, sub, (*path, sub.id))
+            )
+        return members
+
+    async def get_topology_row(self, name: str) -> Topology:
+        async with self.session() as s:
+            topology = (
+                await s.execute(select(Topology).where(col(Topology.name) == name))
+            ).scalar()
+        if topology is None:
+            raise NotFoundError(f"no topology named {name!r}; see `qmcp agents topologies list`")
+        return topology
+
+    async def list_topologies(self) -> list[tuple[Topology, dict[str, str]]]:
+        """Every topology with its slots (slot -> agent name, or `topology:<name>`), in order."""
+        async with self.session() as s:
+            topologies = list(
+                (await s.execute(select(Topology).order_by(col(Topology.name)))).scalars()
+            )
+            by_id = {t.id: t.name for t in topologies}
+            rows = await s.execute(
+                select(
+                    MEMBERSHIPS.c.topology_id,
+                    MEMBERSHIPS.c.slot_name,
+                    AGENTS.c.name,
+                    MEMBERSHIPS.c.sub_topology_id,
+                )
+                .outerjoin(AGENTS, AGENTS.c.id == MEMBERSHIPS.c.agent_type_id)
+                .order_by(MEMBERSHIPS.c.position)
+            )
+            slots: dict[int, dict[str, str]] = {}
+            for topology_id, slot, agent_name, sub_id in rows:
+                label = agent_name if sub_id is None else f"topology:{by_id.get(sub_id)}"
+                slots.setdefault(topology_id, {})[slot] = label
+        return [(t, slots.get(t.id or -1, {})) for t in topologies]
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def add_execution(self, execution: Execution) -> Execution:
+        values = _values(execution)
+        await self._write(lambda connection: connection.execute(_INSERT_EXECUTION, values))
+        return execution
+
+    async def update_execution(self, execution_id: uuid.UUID, **values: Any) -> None:
+        statement = update(EXECUTIONS).where(EXECUTIONS.c.id == execution_id).values(**values)
+        await self._write(lambda connection: connection.execute(statement))
+
+    async def finish_execution(
+        self,
+        execution_id: uuid.UUID,
+        *,
+        status: ExecutionStatus,
+        output: dict[str, Any] | None,
+        error: str | None,
+        duration_ms: int,
+        metrics: bool = True,
+    ) -> datetime:
+        """Record how an execution ended, in one transaction; returns its `completed_at`.
+
+        `duration_ms` is the summed wall time of every run segment of the execution (a resumed
+        execution's earlier segments plus this one). With `metrics`, the totals (invocation
+        count, tokens, cost) are summed from its invocation rows. The owner is cleared.
+        """
+        completed_at = utcnow()
+        values: dict[str, Any] = {
+            "status": status,
+            "output": output,
+            "error": error,
+            "completed_at": completed_at,
+            "duration_ms": duration_ms,
+            "owner": None,
+        }
+
+        def finish(connection: Connection) -> int:
+            if metrics:
+                totals = connection.execute(
+                    select(*_TOTALS).where(INVOCATIONS.c.execution_id == execution_id)
+                ).one()
+                values.update(_totals(totals))
+            return connection.execute(
+                update(EXECUTIONS).where(EXECUTIONS.c.id == execution_id).values(**values)
+            ).rowcount
+
+        if await self._write(finish) == 0:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        return completed_at
+
+    async def claim_execution(self, execution_id: uuid.UUID, owner: str) -> Execution:
+        """Mark a resumable execution running under this process, atomically."""
+        resumable = [s for s in ExecutionStatus if s.resumable]
+
+        def claim(connection: Connection) -> tuple[int, Execution | None]:
+            claimed = connection.execute(
+                update(EXECUTIONS)
+                .where(EXECUTIONS.c.id == execution_id)
+                .where(EXECUTIONS.c.status.in_(resumable))
+                .values(status=ExecutionStatus.RUNNING, owner=owner, error=None, completed_at=None)
+            ).rowcount
+            return claimed, _fetch(connection, Execution, execution_id)
+
+        claimed, execution = await self._write(claim)
+        if execution is None:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        if claimed == 0:
+            raise ConflictError(
+                f"execution {execution_id} is {execution.status.value}; only failed, cancelled, "
+                "interrupted or pending (waiting for approval) executions can be resumed"
+            )
+        return execution
+
+    async def get_execution(self, execution_id: uuid.UUID | str) -> Execution:
+        ident = parse_execution_id(execution_id)
+        async with self.session() as s:
+            execution = await s.get(Execution, ident)
+        if execution is None:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        return execution
+
+    async def list_executions(
+        self, limit: int = 20, status: str | None = None, topology: str | None = None
+    ) -> list[Execution]:
+        query = select(Execution).order_by(col(Execution.created_at).desc()).limit(limit)
+        if status:
+            query = query.where(col(Execution.status) == status)
+        if topology:
+            query = query.where(col(Execution.topology_name) == topology)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    async def invocations(self, execution_id: uuid.UUID) -> list[Invocation]:
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Invocation)
+                .where(col(Invocation.execution_id) == execution_id)
+                .order_by(col(Invocation.id))
+            )
+            return list(rows.scalars())
+
+    async def checkpoints(self, execution_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+        """Completed outputs by invocation key: what a resume must not pay for again."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(INVOCATIONS.c.key, INVOCATIONS.c.output)
+                .where(INVOCATIONS.c.execution_id == execution_id)
+                .where(INVOCATIONS.c.status == InvocationStatus.COMPLETED)
+            )
+            return {key: output for key, output in rows if output is not None}
+
+    async def record_invocations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert invocation rows in one short transaction (one row: a durable checkpoint)."""
+        if not rows:
+            return
+        params = list(rows)
+        await self._write(lambda connection: connection.execute(_INSERT_INVOCATIONS, params))
+
+    async def record_turns(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert turns of multi-turn invocations in one short transaction, as durable as
+        `record_invocations`: a recorded turn is not asked of the model again on resume."""
+        if not rows:
+            return
+        params = list(rows)
+        named = ", ".join(f"{r.get('key')!r} turn {r.get('turn')}" for r in params[:3])
+        await self._write(
+            lambda connection: connection.execute(_INSERT_TURNS, params),
+            conflict=f"a turn is already recorded (among {named}); turns are written once",
+        )
+
+    async def turns(self, execution_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+        """Recorded turns by invocation key, in order, for keys with no completed invocation
+        (a completed key is a checkpoint already): where a resumed invocation picks up."""
+        completed = (
+            select(INVOCATIONS.c.key)
+            .where(INVOCATIONS.c.execution_id == execution_id)
+            .where(INVOCATIONS.c.status == InvocationStatus.COMPLETED)
+        )
+        query = (
+            select(TURNS.c.key, *(TURNS.c[name] for name in _TURN_FIELDS))
+            .where(TURNS.c.execution_id == execution_id)
+            .where(TURNS.c.key.not_in(completed))
+            .order_by(TURNS.c.key, TURNS.c.turn)
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        async with self.session() as s:
+            for row in (await s.execute(query)).mappings():
+                found.setdefault(row["key"], []).append({k: row[k] for k in _TURN_FIELDS})
+        return found
+
+    async def totals(self, execution_id: uuid.UUID) -> dict[str, Any]:
+        async with self.session() as s:
+            row = (
+                await s.execute(select(*_TOTALS).where(INVOCATIONS.c.execution_id == execution_id))
+            ).one()
+        return _totals(row)
+
+    # -- memories and approvals -------------------------------------------------------------
+
+    async def add_memory(self, owner: str, execution_id: uuid.UUID, key: str, content: str) -> None:
+        values = _values(
+            AgentMemory(owner=owner, execution_id=execution_id, key=key, content=content)
+        )
+        await self._write(lambda connection: connection.execute(insert(MEMORIES).values(values)))
+
+    async def recent_memories(self, owner: str, limit: int) -> list[AgentMemory]:
+        """The newest `limit` memories of `owner`, oldest first."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(AgentMemory)
+                .where(col(AgentMemory.owner) == owner)
+                .order_by(col(AgentMemory.id).desc())
+                .limit(limit)
+            )
+            return list(reversed(list(rows.scalars())))
+
+    async def approval_for(self, execution_id: uuid.UUID, key: str) -> Approval | None:
+        async with self.session() as s:
+            return (
+                await s.execute(
+                    select(Approval).where(
+                        col(Approval.execution_id) == execution_id, col(Approval.key) == key
+                    )
+                )
+            ).scalar()
+
+    async def add_approval(self, approval: Approval) -> Approval:
+        values = _values(approval)
+
+        def add(connection: Connection) -> Approval | None:
+            ident = _insert(connection, APPROVALS, values)
+            return _fetch(connection, Approval, ident)
+
+        stored: Approval = await self._write(
+            add,
+            conflict=f"an approval for invocation {approval.key!r} of execution "
+            f"{approval.execution_id} already exists",
+        )
+        return stored
+
+    async def list_approvals(self, status: str | None = None, limit: int = 50) -> list[Approval]:
+        query = select(Approval).order_by(col(Approval.id).desc()).limit(limit)
+        if status:
+            query = query.where(col(Approval.status) == status)
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
+
+    async def decide_approval(
+        self,
+        approval_id: int,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        edited: str | None = None,
+        decided_by: str = "cli",
+    ) -> Approval:
+        """Answer a pending approval, once; a decided one cannot be changed."""
+
+        def decide(connection: Connection) -> Approval | None:
+            approval = _fetch(connection, Approval, approval_id)
+            if approval is None:
+                raise NotFoundError(f"no approval {approval_id}; see `qmcp approvals list`")
+            if approval.status != "pending":
+                raise ConflictError(f"approval {approval_id} is already {approval.status}")
+            connection.execute(
+                update(APPROVALS)
+                .where(APPROVALS.c.id == approval_id)
+                .values(
+                    status="approved" if approved else "rejected",
+                    comment=comment,
+                    edited=edited if approved else None,
+                    decided_by=decided_by,
+                    decided_at=utcnow(),
+                )
+            )
+            return _fetch(connection, Approval, approval_id)
+
+        decided: Approval = await self._write(decide)
+        return decided
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    async def mark_interrupted(self) -> int:
+        """Executions left `running` by a process that no longer exists become `interrupted`."""
+        counted: int = await self._write(_mark_interrupted)
+        return counted
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Delete finished executions (with their invocations and turns) older than
+        `older_than`."""
+        cutoff: datetime = utcnow() - older_than
+        finished = [s for s in ExecutionStatus if s.finished]
+
+        def prune(connection: Connection) -> int:
+            ids = list(
+                connection.execute(
+                    select(EXECUTIONS.c.id)
+                    .where(EXECUTIONS.c.created_at < cutoff)
+                    .where(EXECUTIONS.c.status.in_(finished))
+                ).scalars()
+            )
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                connection.execute(delete(TURNS).where(TURNS.c.execution_id.in_(chunk)))
+                connection.execute(delete(INVOCATIONS).where(INVOCATIONS.c.execution_id.in_(chunk)))
+                connection.execute(delete(EXECUTIONS).where(EXECUTIONS.c.id.in_(chunk)))
+            return len(ids)
+
+        pruned: int = await self._write(prune)
+        return pruned
+
+
+def parse_execution_id(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise ValidationError(
+            f"{value!r} is not an execution id; ids are UUIDs as shown by `qmcp executions list`"
+        ) from None
