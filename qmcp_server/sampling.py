@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from qmcp.agentframework.errors import ConfigurationError, ProviderError
-from qmcp.agentframework.llm import LLMRequest, LLMResponse, count_tokens
+from qmcp.agentframework.llm import LLMRequest, LLMResponse, ProviderCapabilities, count_tokens
 
 # The MCP request context of the tool call driving the current run, if any.
 current_context: ContextVar[Any] = ContextVar("qmcp_mcp_context", default=None)
@@ -21,7 +21,10 @@ STATELESS_PROTOCOL = "2026-07-28"
 
 class SamplingProvider:
     name = "sampling"
-    self_retrying = False
+    CAPABILITIES = ProviderCapabilities(temperature=True)
+
+    def capabilities(self, model: str) -> ProviderCapabilities:
+        return self.CAPABILITIES
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         from mcp_types import SamplingMessage, TextContent
@@ -50,7 +53,7 @@ class SamplingProvider:
                 provider=self.name,
             )
         messages = [
-            SamplingMessage(role=m.role, content=TextContent(type="text", text=m.content))  # type: ignore[arg-type]
+            SamplingMessage(role=m.role, content=TextContent(type="text", text=m.text))  # type: ignore[arg-type]
             for m in request.messages
         ]
         try:
@@ -73,7 +76,7 @@ class SamplingProvider:
             text=text,
             model=result.model or "client",
             provider=self.name,
-            input_tokens=count_tokens(" ".join(m.content for m in request.messages)),
+            input_tokens=count_tokens(" ".join(m.text for m in request.messages)),
             output_tokens=count_tokens(text),
             stop_reason=result.stop_reason,
         )

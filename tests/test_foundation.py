@@ -113,7 +113,7 @@ async def test_retries_are_per_invocation_with_every_attempt_recorded(db_url: st
     register_function("flaky", flaky)
     try:
         topology = Topology(
-            name="p", topology_type=TopologyType.PIPELINE, config={"retry_failed_stages": False}
+            name="p", topology_type=TopologyType.PIPELINE, config={"max_stage_retries": 10}
         )
         agents = {"only": agent("f", "flaky")}
         result = await LocalRunner(config=RunConfig(max_retries=2), db_url=db_url).run(

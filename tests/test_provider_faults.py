@@ -52,7 +52,7 @@ def claude(name: str, role: AgentRole = AgentRole.EXECUTOR, **config: Any) -> Ag
 
 def one_stage(**config: Any) -> tuple[Topology, dict[str, AgentType]]:
     topology = Topology(
-        name="solo", topology_type=TopologyType.PIPELINE, config={"retry_failed_stages": False}
+        name="solo", topology_type=TopologyType.PIPELINE, config={"max_stage_retries": 10}
     )
     return topology, {"only": claude("solo_agent", system_prompt="Be brief.", **config)}
 

@@ -22,13 +22,24 @@ class ConflictError(QmcpError):
 class ProviderError(QmcpError):
     """A model provider failed to answer.
 
-    `retryable` tells the engine whether another attempt could succeed.
+    The classification is the provider's: `retryable` (transient: 429/529/5xx, a dropped
+    connection, a timeout) means another attempt could succeed, after `retry_after` seconds when
+    the provider said so; otherwise it is permanent (authentication, a bad request, a missing key,
+    configuration) and is never retried.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, provider: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        provider: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.provider = provider
+        self.retry_after = retry_after
 
 
 class ConfigurationError(ProviderError):

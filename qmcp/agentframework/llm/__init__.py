@@ -2,11 +2,17 @@
 
 from qmcp.agentframework.llm.anthropic_provider import AnthropicProvider
 from qmcp.agentframework.llm.base import (
+    Block,
     LLMRequest,
     LLMResponse,
     Message,
     Provider,
+    ProviderCapabilities,
     ProviderRegistry,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
     count_tokens,
 )
 from qmcp.agentframework.llm.function import (
@@ -16,6 +22,15 @@ from qmcp.agentframework.llm.function import (
 )
 from qmcp.agentframework.llm.offline import OfflineProvider
 from qmcp.agentframework.llm.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
+from qmcp.agentframework.llm.wrappers import (
+    Attempt,
+    LimitedProvider,
+    RecordingProvider,
+    RetryingProvider,
+    RetryPolicy,
+    TimeoutProvider,
+    WrapperProvider,
+)
 
 ProviderRegistry.register("anthropic", AnthropicProvider)
 ProviderRegistry.register("offline", OfflineProvider)
@@ -25,13 +40,26 @@ __all__ = [
     "PRICES_AS_OF",
     "PRICES_SOURCE",
     "AnthropicProvider",
+    "Attempt",
+    "Block",
     "FunctionProvider",
     "LLMRequest",
     "LLMResponse",
+    "LimitedProvider",
     "Message",
     "OfflineProvider",
     "Provider",
+    "ProviderCapabilities",
     "ProviderRegistry",
+    "RecordingProvider",
+    "RetryPolicy",
+    "RetryingProvider",
+    "TextBlock",
+    "TimeoutProvider",
+    "ToolResultBlock",
+    "ToolSpec",
+    "ToolUseBlock",
+    "WrapperProvider",
     "count_tokens",
     "estimate_cost",
     "register_function",

@@ -1,7 +1,10 @@
-"""The `anthropic` provider: the official SDK, which retries 429/529/5xx itself with backoff.
+"""The `anthropic` provider: the official SDK (`AsyncAnthropic`), one request per call.
 
-The key comes from `ANTHROPIC_API_KEY` (and the endpoint from `ANTHROPIC_BASE_URL`), never from a
-stored agent config; it never appears in a record, a log line or an error message.
+The SDK's own retries are off: the provider chain retries transient errors under one policy, so
+this provider classifies what went wrong (429/529/5xx, dropped connections and timeouts are
+transient, with the server's Retry-After; authentication, bad requests and a missing key are
+permanent). The key comes from `ANTHROPIC_API_KEY` (and the endpoint from `ANTHROPIC_BASE_URL`),
+never from a stored agent config; it never appears in a record, a log line or an error message.
 """
 
 from __future__ import annotations
@@ -11,18 +14,33 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from qmcp.agentframework.errors import ConfigurationError, ProviderError
-from qmcp.agentframework.llm.base import LLMRequest, LLMResponse
+from qmcp.agentframework.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    Message,
+    ProviderCapabilities,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
+TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+
 
 class AnthropicProvider:
     name = "anthropic"
-    self_retrying = True
+    # No sampling parameters: the Messages API version SDK 2.x speaks (2026-10-21) rejects
+    # temperature, top_p and top_k with a 400, and the SDK no longer accepts them.
+    CAPABILITIES = ProviderCapabilities(tools=True, temperature=False)
 
     def __init__(self) -> None:
         self._clients: dict[tuple[str, str | None, int], AsyncAnthropic] = {}
+
+    def capabilities(self, model: str) -> ProviderCapabilities:
+        return self.CAPABILITIES
 
     def _client(self) -> AsyncAnthropic:
         key = os.environ.get("ANTHROPIC_API_KEY")
@@ -43,52 +61,106 @@ class AnthropicProvider:
             # Our own HTTP client: the SDK's default one schedules its close on whatever loop
             # runs when it is garbage-collected, which fails once its own loop has closed.
             client = AsyncAnthropic(
-                api_key=key, base_url=base_url, http_client=DefaultAsyncHttpxClient()
+                api_key=key,
+                base_url=base_url,
+                max_retries=0,
+                http_client=DefaultAsyncHttpxClient(),
             )
             self._clients = {k: v for k, v in self._clients.items() if k[2] == loop}
             self._clients[(key, base_url, loop)] = client
         return client
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        client = self._client().with_options(
-            max_retries=request.max_retries, timeout=request.timeout_seconds
-        )
-        # No sampling parameters: the Messages API version SDK 2.x speaks (2026-10-21) rejects
-        # temperature, top_p and top_k with a 400, and the SDK no longer accepts them.
+        client = self._client().with_options(timeout=request.timeout_seconds)
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [m.model_dump() for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
         }
         if request.system:
             kwargs["system"] = request.system
+        if request.tools:
+            kwargs["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                for t in request.tools
+            ]
+            if request.tool_choice == "none":
+                kwargs["tool_choice"] = {"type": "none"}
         import anthropic
 
         try:
             message = await client.messages.create(**kwargs)
         except anthropic.APIStatusError as exc:
-            raise ProviderError(_status_reason(exc), provider=self.name) from None
+            raise ProviderError(
+                _status_reason(exc),
+                retryable=exc.status_code in TRANSIENT_STATUS,
+                retry_after=_retry_after(exc),
+                provider=self.name,
+            ) from None
         except anthropic.APITimeoutError:
             raise ProviderError(
-                f"the Anthropic API did not answer within {request.timeout_seconds:g} s "
-                f"(after {request.max_retries} retries)",
+                f"the Anthropic API did not answer within {request.timeout_seconds:g} s",
+                retryable=True,
                 provider=self.name,
             ) from None
         except anthropic.APIConnectionError as exc:
             raise ProviderError(
-                f"could not reach the Anthropic API ({type(exc.__cause__ or exc).__name__}; "
-                f"after {request.max_retries} retries)",
+                f"could not reach the Anthropic API ({type(exc.__cause__ or exc).__name__})",
+                retryable=True,
                 provider=self.name,
             ) from None
-        text = "".join(block.text for block in message.content if block.type == "text")
+        blocks: list[Any] = []
+        for block in message.content:
+            if block.type == "text":
+                blocks.append(TextBlock(text=block.text))
+            elif block.type == "tool_use":
+                blocks.append(ToolUseBlock(id=block.id, name=block.name, input=dict(block.input)))
         return LLMResponse(
-            text=text,
+            content=blocks,
             model=message.model,
             provider=self.name,
             input_tokens=message.usage.input_tokens,
             output_tokens=message.usage.output_tokens,
             stop_reason=message.stop_reason,
         )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    """A conversation message in the Messages API's form (plain text stays a string)."""
+    if isinstance(message.content, str):
+        return {"role": message.role, "content": message.content}
+    content: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, TextBlock):
+            content.append({"type": "text", "text": block.text})
+        elif isinstance(block, ToolUseBlock):
+            content.append(
+                {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+            )
+        elif isinstance(block, ToolResultBlock):
+            content.append(
+                {
+                    "type": "tool_result",
+                    "tool_use_id": block.tool_use_id,
+                    "content": block.content,
+                    "is_error": block.is_error,
+                }
+            )
+    return {"role": message.role, "content": content}
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms` or `retry-after` in seconds)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) / scale
+        except ValueError:
+            continue  # an HTTP date: fall back to the policy's backoff
+    return None
 
 
 def _status_reason(exc: Any) -> str:

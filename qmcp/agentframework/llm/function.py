@@ -1,7 +1,10 @@
 """The `function` provider: a registered Python callable answers (tests, benchmarks, glue).
 
 `register_function("echo", fn)` then `ModelConfig(provider="function", model="echo")`. The callable
-takes the `LLMRequest` and returns a string or an `LLMResponse`, directly or as an awaitable.
+takes the `LLMRequest` and returns a string or an `LLMResponse` (which may hold tool-use blocks),
+directly or as an awaitable. It stands in for a remote model: an exception it raises counts as a
+transient failure (as a 5xx would) and is retried; raise `ProviderError(..., retryable=False)` or
+`ConfigurationError` for a permanent one.
 """
 
 from __future__ import annotations
@@ -10,8 +13,13 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Union
 
-from qmcp.agentframework.errors import ConfigurationError, known
-from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, count_tokens
+from qmcp.agentframework.errors import ConfigurationError, ProviderError, known
+from qmcp.agentframework.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    ProviderCapabilities,
+    count_tokens,
+)
 
 Reply = Union[str, LLMResponse]  # noqa: UP007 - runtime alias
 AgentFunction = Callable[[LLMRequest], Reply | Awaitable[Reply]]
@@ -28,11 +36,16 @@ def unregister_function(name: str) -> None:
 
 
 class FunctionProvider:
-    name = "function"
-    self_retrying = False
+    """A registered callable answers; a plain (not `async def`) one answers inline."""
 
-    def begin(self, request: LLMRequest) -> LLMResponse | Awaitable[LLMResponse]:
-        """Call the function: a sync one answers here, an async one returns what to await."""
+    name = "function"
+
+    def capabilities(self, model: str) -> ProviderCapabilities:
+        fn = _FUNCTIONS.get(model)
+        inline = fn is not None and not inspect.iscoroutinefunction(fn)
+        return ProviderCapabilities(tools=True, temperature=True, answers_inline=inline)
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
         fn = _FUNCTIONS.get(request.model)
         if fn is None:
             raise ConfigurationError(
@@ -41,17 +54,17 @@ class FunctionProvider:
                 f"{known(sorted(_FUNCTIONS)) or 'none'})",
                 provider=self.name,
             )
-        reply = fn(request)
-        if inspect.isawaitable(reply):
-            return self._later(reply, request)
+        try:
+            reply = fn(request)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(
+                f"{type(exc).__name__}: {exc}", retryable=True, provider=self.name
+            ) from None
         return _response(reply, request)
-
-    async def _later(self, reply: Awaitable[Reply], request: LLMRequest) -> LLMResponse:
-        return _response(await reply, request)
-
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        started = self.begin(request)
-        return started if isinstance(started, LLMResponse) else await started
 
 
 def _response(reply: Reply, request: LLMRequest) -> LLMResponse:

@@ -11,7 +11,12 @@ import hashlib
 import json
 import re
 
-from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, count_tokens
+from qmcp.agentframework.llm.base import (
+    LLMRequest,
+    LLMResponse,
+    ProviderCapabilities,
+    count_tokens,
+)
 
 MARK = "[offline model]"
 
@@ -117,16 +122,17 @@ def offline_answer(request: LLMRequest) -> str:
 
 
 class OfflineProvider:
+    """Answers at once, without I/O: declared `answers_inline`, so no timeout is armed."""
+
     name = "offline"
-    self_retrying = False
+    CAPABILITIES = ProviderCapabilities(answers_inline=True)
+
+    def capabilities(self, model: str) -> ProviderCapabilities:
+        return self.CAPABILITIES
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        return self.begin(request)
-
-    def begin(self, request: LLMRequest) -> LLMResponse:
-        """Answer at once: there is nothing to wait for, so no timeout is armed."""
         text = offline_answer(request)
-        prompt_size = sum(len(m.content) for m in request.messages) + len(request.system or "")
+        prompt_size = sum(len(m.text) for m in request.messages) + len(request.system or "")
         return LLMResponse(
             text=text,
             model="offline",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qmcp.agentframework.errors import ValidationError, known
 
-ProviderName = Literal["anthropic", "offline", "function", "sampling"]
+# Built in: anthropic, offline, function, and sampling (in the server); plugins add more.
+BUILTIN_PROVIDERS = ("anthropic", "offline", "function", "sampling")
 
 
 class ModelConfig(BaseModel):
@@ -17,7 +18,12 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: ProviderName
+    provider: str = Field(
+        pattern=r"^[a-z][a-z0-9_.-]{0,49}$",
+        description="a registered model provider: "
+        + ", ".join(BUILTIN_PROVIDERS)
+        + " or a plugin's",
+    )
     model: str = Field(min_length=1, max_length=200)
 
     @property
@@ -121,6 +127,9 @@ class AgentConfig(BaseModel):
     )
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    max_tool_calls: int = Field(
+        default=10, ge=0, le=500, description="tool calls one invocation may make at most"
+    )
     capabilities: list[CapabilityConfig] = Field(default_factory=list)
 
     @field_validator("capabilities")

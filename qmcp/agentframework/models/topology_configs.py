@@ -18,9 +18,16 @@ class PipelineConfig(TopologyConfigBase):
         default=None, description="slot names in order; default: the slots in insertion order"
     )
     retry_failed_stages: bool = Field(
-        default=True, description="re-run a stage whose invocation failed after its retries"
+        default=True,
+        description="retry a stage's invocation after a transient error (429, 5xx, timeout); "
+        "false: one attempt per stage",
     )
-    max_stage_retries: int = Field(default=2, ge=0, le=10)
+    max_stage_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="retries per stage, at most RunConfig.max_retries (retries never stack)",
+    )
 
     @field_validator("stages")
     @classmethod

@@ -1,7 +1,11 @@
-"""The run context runners give topologies: invoke with retries, record, checkpoint, report.
+"""The run context runners give topologies: invoke through the provider chain, record, checkpoint,
+report.
 
 `invoke` is the only way an agent is called. Its `key` makes an invocation a checkpoint: a key
 that already completed in this execution returns its stored output without calling the model.
+An invocation is a conversation (`tools.converse`): model turns and, for agents with tools, the
+tool calls between them; each turn of a multi-turn conversation is recorded as it completes, so a
+resumed run continues from the last recorded turn.
 """
 
 from __future__ import annotations
@@ -12,26 +16,30 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
-from qmcp.agentframework.errors import (
-    InvocationFailed,
-    ProviderError,
-    QmcpError,
-)
+from qmcp.agentframework.errors import InvocationFailed, ProviderError, QmcpError
 from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.llm import (
+    Attempt,
+    LimitedProvider,
     LLMRequest,
     LLMResponse,
     Message,
+    Provider,
     ProviderRegistry,
+    RecordingProvider,
+    RetryingProvider,
+    RetryPolicy,
+    TimeoutProvider,
     estimate_cost,
 )
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
+from qmcp.agentframework.tools import Conversation, Toolbox, converse
 from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
 from qmcp.agentframework.topologies.text import render_payload
 
@@ -48,10 +56,6 @@ def run_log(config: RunConfig, level: int, message: str, *args: Any) -> None:
     logging configuration decides where the rest go (a per-run filter, not a global setting)."""
     if level >= logging.getLevelName(config.log_level) and log.isEnabledFor(level):
         log.log(level, message, *args)
-
-
-BACKOFF_BASE_SECONDS = 0.25
-BACKOFF_MAX_SECONDS = 8.0
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,28 @@ class AgentSetup(NamedTuple):
     config: AgentConfig
     mixins: list[Mixin]
     system_prompt: str
+    toolbox: Toolbox | None = None
 
 
 def agent_setup(agent: AgentType) -> AgentSetup:
     config = AgentConfig.model_validate(agent.config or {})
+    ProviderRegistry.get(config.model_config_obj.provider)  # an unknown provider fails at start
     mixins = MixinRegistry.resolve(config.capabilities)
     return AgentSetup(config, mixins, system_prompt_for(agent, config))
+
+
+async def _awaited(item: Awaitable[T]) -> T:
+    return await item
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error a failed task group stands for: the first that is not a sibling's cancel."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = _first(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]
 
 
 class Engine:
@@ -102,18 +122,21 @@ class Engine:
         on_event: EventHandler | None,
         total: int,
         setups: Mapping[int, AgentSetup] | None = None,
+        turns: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.agents = agents
         self.config = config
         self.store = store
         self.checkpoints = checkpoints
+        self.turns = dict(turns or {})
         self.concurrency = concurrency
         self.limiter = asyncio.Semaphore(concurrency) if concurrency else None
         self.on_event = on_event
         self.total = max(total, 1)
         self.done = 0
         self.pending_rows: list[dict[str, Any]] = []
+        self.pending_turns: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
         self._setups: dict[int, AgentSetup] = dict(setups or {})
         self.root = Scope(self, agents)
@@ -127,170 +150,168 @@ class Engine:
         return self.root.agent(slot)
 
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        """Await all, results in order. Concurrent runners use a task group: when one branch
+        raises (a failure, an approval to wait for, a cancel), the others are cancelled before
+        the error propagates, so no branch outlives its run."""
         items = list(awaitables)
         if self.concurrency is None:
-            return [await item for item in items]
-        return list(await asyncio.gather(*items))
+            results: list[T] = []
+            try:
+                for item in items:
+                    results.append(await item)
+            finally:
+                for item in items[len(results) + 1 :]:
+                    if inspect.iscoroutine(item):
+                        item.close()  # never started: no "was never awaited" warning
+            return results
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(_awaited(item)) for item in items]
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
+        return [task.result() for task in tasks]
 
     async def try_invoke(
-        self, slot: str, payload: Any, *, key: str | None = None
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
     ) -> dict[str, Any] | InvocationFailed:
-        return await self.root.try_invoke(slot, payload, key=key)
+        return await self.root.try_invoke(slot, payload, key=key, retries=retries)
 
-    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
-        return await self.root.invoke(slot, payload, key=key)
+    async def invoke(
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
+    ) -> dict[str, Any]:
+        return await self.root.invoke(slot, payload, key=key, retries=retries)
 
     async def invoke_agent(
-        self, agent: AgentType, slot: str, payload: Any, key: str
+        self,
+        agent: AgentType,
+        slot: str,
+        payload: Any,
+        key: str,
+        retries: int | None = None,
     ) -> dict[str, Any]:
-        """Call one agent under a full invocation key: checkpoint, retries, mixins, record."""
+        """Call one agent under a full invocation key: checkpoint lookup, mixins, the provider
+        chain (retry → record → limit → timeout → provider), record the outcome.
+
+        `retries` lowers the run's retry budget (`RunConfig.max_retries`) for this invocation (a
+        pipeline stage's own budget); either way there is one retry policy, and it retries
+        transient errors only.
+        """
         cached = self.checkpoints.get(key)
         if cached is not None:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return await self._gated(agent, slot, key, cached)
-        agent_config, mixins, system_prompt = self._agent_setup(agent)
-        model = agent_config.model_config_obj
-        provider = ProviderRegistry.get(model.provider)
-        cfg = self.config
-        retries = cfg.max_retries if cfg.retry_on_failure else 0
-        # A self-retrying provider (the Anthropic SDK) backs off inside one attempt.
-        transient_left = 0 if provider.self_retrying else retries
-        repairs_left = max((getattr(m, "max_repairs", 0) for m in mixins), default=0)
-        prompt = render_payload(payload)
+        setup = self._agent_setup(agent)
+        model = setup.config.model_config_obj
+        mixin_ctx = MixinContext(self.execution_id, self.store, agent, slot, key)
         request = LLMRequest(
             model=model.model,
-            system=system_prompt,
-            messages=[Message(role="user", content=prompt)],
-            max_tokens=agent_config.max_tokens,
-            temperature=agent_config.temperature,
-            timeout_seconds=agent_config.timeout_seconds,
-            max_retries=retries if provider.self_retrying else 0,
+            system=setup.system_prompt,
+            messages=[Message(role="user", content=render_payload(payload))],
+            max_tokens=setup.config.max_tokens,
+            temperature=setup.config.temperature,
+            timeout_seconds=setup.config.timeout_seconds,
             agent_name=agent.name,
             role=str(agent.role),
             slot=slot,
         )
-        mixin_ctx = MixinContext(self.execution_id, self.store, agent, slot, key)
-        for mixin in mixins:
+        for mixin in setup.mixins:
             request = await mixin.prepare(request, mixin_ctx)
-        # The SDK applies its timeout per try; bound the whole attempt including its backoff.
-        # A provider with its own timeout (the SDK) gets a moment to report it in its words.
-        deadline = agent_config.timeout_seconds * (request.max_retries + 1) + (
-            BACKOFF_MAX_SECONDS * request.max_retries
-        )
-        if provider.self_retrying:
-            deadline += 1.0
-        backoff_step = 0
+        call = _Call(self, agent, slot, key, model.provider, model.label)
+        chain = self._chain(setup, call, retries)
+        repairs_left = max((getattr(m, "max_repairs", 0) for m in setup.mixins), default=0)
+        recorded, usage = self._recorded_turns(key)
         while True:
-            attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
-            await self._emit("started", key, slot, agent.name, attempt)
-            started = utcnow()
-            t0 = time.perf_counter()
-            error: str | None = None
-            retryable = False
-            repair: str | None = None
-            response = None
-            output: dict[str, Any] | None = None
+            await self._emit("started", key, slot, agent.name, call.attempt + 1)
+            call.begin(request)
             try:
-                response = await self._call(provider, request, deadline)
-                output = {"content": response.text, "agent": agent.name, "slot": slot}
-                for mixin in mixins:
+                conversation = await converse(
+                    chain,
+                    request,
+                    toolbox=setup.toolbox,
+                    max_tool_calls=setup.config.max_tool_calls,
+                    recorded=recorded,
+                    recorded_usage=usage,
+                    on_turn=call.record_turn,
+                )
+            except ProviderError as exc:  # permanent, or transient with its retries spent
+                raise await call.failed(str(exc)) from None
+            response = conversation.response
+            assert response is not None
+            output: dict[str, Any] = {"content": response.text, "agent": agent.name, "slot": slot}
+            if conversation.tool_calls:
+                output["tool_calls"] = conversation.tool_calls
+            if conversation.limited:
+                output["tool_limit_reached"] = True
+            try:
+                for mixin in setup.mixins:
                     await mixin.finish(output, mixin_ctx)
             except OutputRejected as exc:
-                error, repair = str(exc), exc.repair
-            except ProviderError as exc:
-                error, retryable = str(exc), exc.retryable
-            except TimeoutError:
-                error, retryable = f"no answer within {deadline:g} s", True
-            except QmcpError as exc:
-                error = str(exc)
-            except Exception as exc:  # a provider bug or a failing test function
-                error, retryable = f"{type(exc).__name__}: {exc}", True
-            duration_ms = (time.perf_counter() - t0) * 1000
-            trace = (
-                {"system": request.system, "messages": [m.content for m in request.messages]}
-                if cfg.trace_enabled
-                else {}
-            )
-            row: dict[str, Any] = {
-                "execution_id": self.execution_id,
-                "key": key,
-                "slot": slot,
-                "agent_name": agent.name,
-                "provider": model.provider,
-                "model": model.label,
-                "input": trace,
-                "attempt": attempt,
-                "started_at": started,
-                "completed_at": utcnow(),
-                "duration_ms": round(duration_ms, 3),
-                "input_tokens": 0,
-                "output_tokens": 0,
-                "cost_usd": None,
-            }
-            if response is not None:
-                label = model.label if model.provider != "anthropic" else response.model
-                row.update(
-                    input_tokens=response.input_tokens,
-                    output_tokens=response.output_tokens,
-                    cost_usd=estimate_cost(label, response.input_tokens, response.output_tokens),
-                )
-            if error is None and output is not None:
-                row.update(status=InvocationStatus.COMPLETED, output=output, error=None)
-                await self._record(row)
-                self.checkpoints[key] = output
-                self.done += 1
-                for mixin in mixins:
-                    await mixin.after_commit(output, mixin_ctx)
-                await self._emit("completed", key, slot, agent.name, attempt, duration_ms)
-                return await self._gated(agent, slot, key, output)
-            row.update(status=InvocationStatus.FAILED, output=None, error=error)
-            await self._record(row)
-            run_log(
-                cfg, logging.WARNING, "invocation %s attempt %d failed: %s", key, attempt, error
-            )
-            if repair is not None and repairs_left > 0 and response is not None:
+                await call.record(None, str(exc), response, conversation)
+                if repairs_left <= 0:
+                    raise await call.failed(str(exc)) from None
                 repairs_left -= 1
                 request = request.model_copy(
                     update={
                         "messages": [
                             *request.messages,
-                            Message(role="assistant", content=response.text),
-                            Message(role="user", content=repair),
+                            *conversation.turns,
+                            response.message(),
+                            Message(role="user", content=exc.repair),
                         ]
                     }
                 )
-                await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
+                recorded, usage = [], (0, 0)
+                await self._emit(
+                    "retrying", key, slot, agent.name, call.attempt, call.ms(), str(exc)
+                )
                 continue
-            if retryable and transient_left > 0:
-                transient_left -= 1
-                await self._emit("retrying", key, slot, agent.name, attempt, duration_ms, error)
-                delay = BACKOFF_BASE_SECONDS * 2**backoff_step
-                backoff_step += 1
-                await asyncio.sleep(min(BACKOFF_MAX_SECONDS, delay))
-                continue
-            await self._emit("failed", key, slot, agent.name, attempt, duration_ms, error)
-            raise InvocationFailed(key, slot, error or "unknown error")
+            except QmcpError as exc:
+                await call.record(None, str(exc), response, conversation)
+                raise await call.failed(str(exc)) from None
+            await call.record(output, None, response, conversation)
+            self.checkpoints[key] = output
+            self.done += 1
+            for mixin in setup.mixins:
+                await mixin.after_commit(output, mixin_ctx)
+            await self._emit("completed", key, slot, agent.name, call.attempt, call.ms())
+            return await self._gated(agent, slot, key, output)
 
-    async def _call(self, provider: Any, request: LLMRequest, deadline: float) -> LLMResponse:
-        """One provider call under the concurrency bound and the deadline.
+    def _chain(self, setup: AgentSetup, call: _Call, retries: int | None) -> Provider:
+        """The agent's provider wrapped for this invocation. A provider that answers inline gets
+        no timeout and no concurrency slot: there is nothing either could bound."""
+        model = setup.config.model_config_obj
+        provider: Provider = ProviderRegistry.get(model.provider)
+        if not provider.capabilities(model.model).answers_inline:
+            # A moment beyond the agent's timeout, so a provider that times its own requests
+            # (an SDK) reports it in its own words.
+            provider = TimeoutProvider(provider, setup.config.timeout_seconds + 1.0)
+            if self.limiter is not None:
+                provider = LimitedProvider(provider, self.limiter)
+        provider = RecordingProvider(provider, call.attempted)
+        cfg = self.config
+        budget = cfg.max_retries if cfg.retry_on_failure else 0
+        if retries is not None:
+            budget = min(budget, retries)
+        if budget > 0:
+            provider = RetryingProvider(provider, RetryPolicy(max_retries=budget), call.retrying)
+        return provider
 
-        A provider with `begin` may answer synchronously (offline, a sync function): then there is
-        nothing a timeout could interrupt, and arming one would be most of the call's cost.
-        """
-        begin = getattr(provider, "begin", None)
-        async with self.limiter or nullcontext():
-            started = begin(request) if begin is not None else provider.complete(request)
-            if isinstance(started, LLMResponse):
-                return started
-            async with asyncio.timeout(deadline):
-                return await started  # type: ignore[no-any-return]
+    def _recorded_turns(self, key: str) -> tuple[list[Message], tuple[int, int]]:
+        """The turns a previous run of this execution recorded for `key`, and their usage."""
+        rows = self.turns.get(key) or []
+        messages = [Message(role=r["role"], content=r["content"]) for r in rows]
+        usage = (
+            sum(int(r.get("input_tokens") or 0) for r in rows),
+            sum(int(r.get("output_tokens") or 0) for r in rows),
+        )
+        return messages, usage
 
     async def _gated(
         self, agent: AgentType, slot: str, key: str, output: dict[str, Any]
     ) -> dict[str, Any]:
         """Apply gates (human approval) to a recorded answer; the checkpoint stays the model's."""
-        _, mixins, _ = self._agent_setup(agent)
+        mixins = self._agent_setup(agent).mixins
         gates = [m for m in mixins if type(m).gate is not Mixin.gate]
         if not gates:
             return output
@@ -314,7 +335,16 @@ class Engine:
         else:
             self.pending_rows.append(row)
 
+    async def _record_turn(self, row: dict[str, Any]) -> None:
+        if self.config.checkpoint_enabled:
+            await self.store.record_turns([row])
+        else:
+            self.pending_turns.append(row)
+
     async def flush(self) -> None:
+        turns, self.pending_turns = self.pending_turns, []
+        if turns:
+            await self.store.record_turns(turns)
         rows, self.pending_rows = self.pending_rows, []
         await self.store.record_invocations(rows)
 
@@ -369,10 +399,142 @@ class Scope(Slots):
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
         return await self.engine.gather(awaitables)
 
-    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
+    async def invoke(
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
+    ) -> dict[str, Any]:
         full_key = self.prefix + (key or slot)
         member = self.agent(slot)
         if not isinstance(member, SubTopology):
-            return await self.engine.invoke_agent(member, slot, payload, full_key)
+            return await self.engine.invoke_agent(member, slot, payload, full_key, retries)
         child = Scope(self.engine, member.agents, f"{full_key}/", self.depth + 1)
         return await run_nested(child, self.depth + 1, slot, member, payload, full_key)
+
+
+class _Call:
+    """One invocation's attempts and turns, as the engine records them."""
+
+    def __init__(
+        self, engine: Engine, agent: AgentType, slot: str, key: str, provider: str, label: str
+    ) -> None:
+        self.engine = engine
+        self.agent = agent
+        self.slot = slot
+        self.key = key
+        self.provider = provider
+        self.label = label
+        self.request: LLMRequest | None = None
+        self.started: datetime = utcnow()
+        self.t0 = time.perf_counter()
+
+    def begin(self, request: LLMRequest) -> None:
+        self.request, self.started, self.t0 = request, utcnow(), time.perf_counter()
+
+    @property
+    def attempt(self) -> int:
+        return self.engine._attempts.get(self.key, 0)
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000
+
+    def _row(
+        self, error: str | None, duration_ms: float, started: datetime, messages: list[Message]
+    ) -> dict[str, Any]:
+        engine = self.engine
+        attempt = engine._attempts[self.key] = engine._attempts.get(self.key, 0) + 1
+        trace: dict[str, Any] = {}
+        if engine.config.trace_enabled and self.request is not None:
+            trace = {"system": self.request.system, "messages": [_traced(m) for m in messages]}
+        return {
+            "execution_id": engine.execution_id,
+            "key": self.key,
+            "slot": self.slot,
+            "agent_name": self.agent.name,
+            "provider": self.provider,
+            "model": self.label,
+            "input": trace,
+            "attempt": attempt,
+            "started_at": started,
+            "completed_at": utcnow(),
+            "duration_ms": round(duration_ms, 3),
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cost_usd": None,
+            "status": InvocationStatus.FAILED if error is not None else InvocationStatus.COMPLETED,
+            "output": None,
+            "error": error,
+        }
+
+    async def attempted(self, attempt: Attempt) -> None:
+        """The provider chain reports each call; a failed one is a failed attempt's row."""
+        if attempt.error is None:
+            return
+        error = str(attempt.error)
+        row = self._row(error, attempt.duration_ms, attempt.started_at, attempt.request.messages)
+        await self.engine._record(row)
+        self._log(row["attempt"], error)
+
+    async def retrying(self, error: Exception, retry: int, delay: float) -> None:
+        await self.engine._emit(
+            "retrying", self.key, self.slot, self.agent.name, self.attempt, None, str(error)
+        )
+
+    async def record(
+        self,
+        output: dict[str, Any] | None,
+        error: str | None,
+        response: LLMResponse,
+        conversation: Conversation,
+    ) -> None:
+        """The outcome of a conversation: completed, or rejected by a mixin."""
+        asked = self.request.messages if self.request is not None else []
+        row = self._row(error, self.ms(), self.started, [*asked, *conversation.turns])
+        label = self.label if self.provider != "anthropic" else response.model
+        tokens_in, tokens_out = conversation.input_tokens, conversation.output_tokens
+        row.update(
+            output=output,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cost_usd=estimate_cost(label, tokens_in, tokens_out),
+        )
+        await self.engine._record(row)
+        if error is not None:
+            self._log(row["attempt"], error)
+
+    async def record_turn(self, index: int, message: Message, response: LLMResponse | None) -> None:
+        """A completed turn of a multi-turn (tool-using) conversation: a checkpoint inside it."""
+        await self.engine._record_turn(
+            {
+                "execution_id": self.engine.execution_id,
+                "key": self.key,
+                "turn": index,
+                "role": message.role,
+                "content": [b.model_dump(mode="json") for b in message.blocks],
+                "model": response.model if response is not None else "",
+                "input_tokens": response.input_tokens if response is not None else 0,
+                "output_tokens": response.output_tokens if response is not None else 0,
+            }
+        )
+
+    async def failed(self, error: str) -> InvocationFailed:
+        """Report the invocation's end; the error for the caller to raise."""
+        await self.engine._emit(
+            "failed", self.key, self.slot, self.agent.name, self.attempt, self.ms(), error
+        )
+        return InvocationFailed(self.key, self.slot, error)
+
+    def _log(self, attempt: int, error: str) -> None:
+        run_log(
+            self.engine.config,
+            logging.WARNING,
+            "invocation %s attempt %d failed: %s",
+            self.key,
+            attempt,
+            error,
+        )
+
+
+def _traced(message: Message) -> Any:
+    """A message as a trace keeps it: its text, or its blocks when it carries tool traffic."""
+    if isinstance(message.content, str):
+        return message.content
+    return [b.model_dump(mode="json") for b in message.content]

@@ -28,6 +28,7 @@ class PendingCall:
     path: tuple[str, ...] = ()  # the outer slots, for a call inside nested topologies
 
     def as_dict(self) -> dict[str, Any]:
+    retries: int | None = None  # the call's own retry cap (a pipeline stage's budget)
         return {
             "key": self.key,
             "slot": self.slot,
@@ -35,6 +36,7 @@ class PendingCall:
             "path": list(self.path),
         }
 
+            "retries": self.retries,
 
 class Pending(BaseException):
     """The program needs these calls answered before it can go on.
@@ -64,7 +66,9 @@ class ReplayContext(Slots):
         self.path = path
         self._seen: dict[str, int] = {} if seen is None else seen
 
-    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> dict[str, Any]:
+    async def invoke(
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
+    ) -> dict[str, Any]:
         key = self.prefix + (key or slot)
         member = self.agent(slot)
         if isinstance(member, SubTopology):
@@ -73,7 +77,7 @@ class ReplayContext(Slots):
         self._seen[key] = index + 1
         recorded = self.outcomes.get(key, [])
         if index >= len(recorded):
-            raise Pending([PendingCall(key, slot, payload, self.path)])
+            raise Pending([PendingCall(key, slot, payload, self.path, retries)])
         outcome = recorded[index]
         if "ok" in outcome:
             return dict(outcome["ok"])

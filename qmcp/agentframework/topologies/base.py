@@ -36,12 +36,18 @@ class RunContext(Protocol):
 
     def agent(self, slot: str) -> AgentType: ...
 
-    async def invoke(self, slot: str, payload: Any, *, key: str | None = None) -> Output:
-        """Call the agent in `slot`; raises `InvocationFailed` once its retries are spent."""
+    async def invoke(
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
+    ) -> Output:
+        """Call the agent in `slot`; raises `InvocationFailed` once its retries are spent.
+
+        `retries` caps the retries of this call (transient errors only) below the run's
+        `RunConfig.max_retries`; retries never stack.
+        """
         ...
 
     async def try_invoke(
-        self, slot: str, payload: Any, *, key: str | None = None
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
     ) -> Output | InvocationFailed:
         """Like `invoke`, but a failed invocation is returned instead of raised."""
         ...
@@ -156,10 +162,10 @@ class Slots:
             raise NotFoundError(f"no agent in slot {slot!r}") from None
 
     async def try_invoke(
-        self, slot: str, payload: Any, *, key: str | None = None
+        self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
     ) -> dict[str, Any] | InvocationFailed:
         try:
-            return await self.invoke(slot, payload, key=key)  # type: ignore[attr-defined,no-any-return]
+            return await self.invoke(slot, payload, key=key, retries=retries)  # type: ignore[attr-defined,no-any-return]
         except InvocationFailed as exc:
             return exc
 
