@@ -354,19 +354,24 @@ class BaseRunner:
         t0: float,
         previous_ms: int,
     ) -> datetime:
+        """Record the outcome, in one store transaction. The duration is the execution's whole
+        run time: the earlier segments' (`previous_ms`, before a resume) plus this one's."""
         await engine.flush()
-        completed_at = utcnow()
-        values: dict[str, Any] = {
-            "status": status,
-            "output": output,
-            "error": error,
-            "completed_at": completed_at,
-            "duration_ms": previous_ms + int((time.perf_counter() - t0) * 1000),
-            "owner": None,
-        }
-        if self.config.metrics_enabled:
+        metrics = self.config.metrics_enabled
+        completed_at = await self.store.finish_execution(
+            execution.id,
+            status=status,
+            output=output,
+            error=error,
+            duration_ms=previous_ms + int((time.perf_counter() - t0) * 1000),
+            metrics=metrics,
+        )
+        if (
+            metrics
+            and logging.getLevelName(self.config.log_level) <= logging.INFO
+            and log.isEnabledFor(logging.INFO)
+        ):  # read the totals back only for a line that will be logged
             totals = await self.store.totals(execution.id)
-            values.update(totals)
             run_log(
                 self.config,
                 logging.INFO,
@@ -377,7 +382,6 @@ class BaseRunner:
                 totals["output_tokens"],
                 "unknown" if totals["cost_usd"] is None else f"${totals['cost_usd']:.6f}",
             )
-        await self.store.update_execution(execution.id, **values)
         return completed_at
 
 
