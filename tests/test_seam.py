@@ -366,9 +366,9 @@ async def test_a_tool_using_invocation_records_each_turn(db_url: str) -> None:
         result = await runner.finish(await _prepared(runner, tools, "scripted"))
         assert result.status == "completed", result.error
         assert result.output["content"] == "final: lookup=1, lookup=2, add=3"
-        assert result.output["tool_calls"] == 3
         assert turns == [0, 1, 2] and tools.calls == ["lookup:1", "lookup:2", "add:3"]
         (row,) = await Store(db_url).invocations(result.execution_id)
+        assert row.output is not None and row.output["tool_calls"] == 3
         assert (row.input_tokens, row.output_tokens) == (30, 15), "usage of every turn"
         recorded = await Store(db_url).turns(result.execution_id)
         assert recorded == {}, "turns of a completed invocation are not a pending checkpoint"
@@ -446,7 +446,8 @@ async def test_the_tool_call_limit_asks_for_an_answer_without_tools(db_url: str)
         result = await runner.finish(prepared)
         assert result.status == "completed", result.error
         assert len(tools.calls) == 2
-        assert result.output["tool_limit_reached"] is True
+        (row,) = await Store(db_url).invocations(result.execution_id)
+        assert row.output is not None and row.output["tool_limit_reached"] is True
         assert asked[-1] == "none" and result.output["content"] == "done with what I have"
     finally:
         unregister_function("greedy")
