@@ -9,12 +9,14 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.diagram import mermaid
+from qmcp.agentframework.errors import ConflictError, ValidationError
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
@@ -23,13 +25,20 @@ from qmcp.agentframework.models import (
     Approval,
     CapabilityConfig,
     Execution,
+    ExecutionStatus,
     Invocation,
     ModelConfig,
     Models,
     Topology,
     TopologyType,
 )
-from qmcp.agentframework.runners import BaseRunner, RunConfig, RunnerRegistry, RunResult
+from qmcp.agentframework.runners import (
+    BaseRunner,
+    PreparedRun,
+    RunConfig,
+    RunnerRegistry,
+    RunResult,
+)
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.store import Store, parse_execution_id
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
@@ -195,11 +204,17 @@ async def get_topology(
 
 
 def topology_to_dict(
-    topology: Topology, slots: Mapping[str, AgentType] | Mapping[str, str]
+    topology: Topology,
+    slots: Mapping[str, AgentType] | Mapping[str, str],
+    *,
+    diagram: bool = False,
 ) -> dict[str, Any]:
-    """A topology as plain data; `slots` maps slot -> agent or agent name."""
+    """A topology as plain data; `slots` maps slot -> agent or agent name.
+
+    `diagram` adds a Mermaid flowchart of who talks to whom under "mermaid".
+    """
     slot_map = {slot: _member_label(member) for slot, member in slots.items()}
-    return {
+    data: dict[str, Any] = {
         "name": topology.name,
         "description": topology.description,
         "topology_type": str(topology.topology_type),
@@ -208,6 +223,17 @@ def topology_to_dict(
         "version": topology.version,
         "created_at": _iso(topology.created_at),
     }
+    if diagram:
+        data["mermaid"] = mermaid(data["topology_type"], topology.config, slot_map)
+    return data
+
+
+def topology_kinds() -> list[dict[str, str]]:
+    """The topology kinds this installation runs, in registration order, with their summaries."""
+    return [
+        {"topology_type": kind.type.value, "summary": kind.summary}
+        for kind in TopologyRegistry.list()
+    ]
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -228,6 +254,81 @@ def make_runner(
     return RunnerRegistry.create(runner_type, config, **kwargs)
 
 
+def _run_config(values: RunConfig | Mapping[str, Any] | None) -> RunConfig | None:
+    """A `RunConfig` from one or from some of its fields (e.g. {"timeout_seconds": 60})."""
+    if values is None or isinstance(values, RunConfig):
+        return values
+    try:
+        return RunConfig.model_validate(dict(values))
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid run option: {describe_validation_error(exc)}") from None
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """An execution that is recorded (new, or claimed for resume) and the runner that owns it.
+
+    `finish_run` takes it to its end; a caller that must answer at once (the MCP server's
+    `wait=false`) starts a run, returns its execution id, and finishes it in the background.
+    """
+
+    runner: BaseRunner
+    prepared: PreparedRun
+
+    @property
+    def execution(self) -> Execution:
+        return self.prepared.execution
+
+    @property
+    def execution_id(self) -> uuid.UUID:
+        return self.prepared.execution_id
+
+
+async def start_run(
+    name: str,
+    input_data: Mapping[str, Any] | str,
+    *,
+    runner_type: str = "local",
+    config: RunConfig | Mapping[str, Any] | None = None,
+    max_concurrent: int | None = None,
+    db_url: str | None = None,
+) -> StartedRun:
+    """Validate everything and record a new execution of the topology `name`.
+
+    `input_data` is an object or its JSON text; `config` a `RunConfig` or some of its fields.
+    Nothing is written on bad input.
+    """
+    data = parse_json_object(input_data, "input") if isinstance(input_data, str) else input_data
+    runner = make_runner(
+        runner_type, config=_run_config(config), max_concurrent=max_concurrent, db_url=db_url
+    )
+    topology, agents = await get_topology(name, db_url)
+    return StartedRun(runner, await runner.start(topology, agents, data))
+
+
+async def claim_run(
+    execution_id: str | uuid.UUID,
+    *,
+    runner_type: str | None = None,
+    config: RunConfig | Mapping[str, Any] | None = None,
+    db_url: str | None = None,
+) -> StartedRun:
+    """Take a failed, cancelled or interrupted execution for this process, to finish it.
+
+    It runs on `runner_type`, by default the runner it ran on; finished invocations are reused.
+    """
+    execution = await Store(db_url).get_execution(execution_id)
+    runner = make_runner(
+        runner_type or execution.runner_type, config=_run_config(config), db_url=db_url
+    )
+    return StartedRun(runner, await runner.claim(execution.id))
+
+
+async def finish_run(started: StartedRun, *, on_event: EventHandler | None = None) -> RunResult:
+    """Run a started or claimed execution to its end and record the outcome."""
+    return await started.runner.finish(started.prepared, on_event=on_event)
+
+
 async def run_topology(
     name: str,
     input_data: Mapping[str, Any],
@@ -238,9 +339,15 @@ async def run_topology(
     on_event: EventHandler | None = None,
     db_url: str | None = None,
 ) -> RunResult:
-    runner = make_runner(runner_type, config=config, max_concurrent=max_concurrent, db_url=db_url)
-    topology, agents = await get_topology(name, db_url)
-    return await runner.run(topology, agents, input_data, on_event=on_event)
+    started = await start_run(
+        name,
+        input_data,
+        runner_type=runner_type,
+        config=config,
+        max_concurrent=max_concurrent,
+        db_url=db_url,
+    )
+    return await finish_run(started, on_event=on_event)
 
 
 async def generate_flow(
@@ -268,9 +375,40 @@ async def resume_execution(
     on_event: EventHandler | None = None,
     db_url: str | None = None,
 ) -> RunResult:
-    execution = await Store(db_url).get_execution(execution_id)
-    runner = make_runner(runner_type or execution.runner_type, config=config, db_url=db_url)
-    return await runner.resume(execution.id, on_event=on_event)
+    started = await claim_run(execution_id, runner_type=runner_type, config=config, db_url=db_url)
+    return await finish_run(started, on_event=on_event)
+
+
+class RunsInProcess(Protocol):
+    """The runs this process carries on in the background (the MCP server's `wait=false`)."""
+
+    async def cancel(self, execution_id: uuid.UUID) -> bool:
+        """Cancel the run if it is one of ours and wait until it has recorded itself."""
+        ...
+
+
+async def cancel_execution(
+    execution_id: str | uuid.UUID,
+    *,
+    runs: RunsInProcess | None = None,
+    db_url: str | None = None,
+) -> uuid.UUID:
+    """Cancel a running execution this process owns (one of `runs`); it stays resumable.
+
+    Anything else is refused with the reason: it runs in another process, or is not running.
+    """
+    ident = parse_execution_id(execution_id)
+    if runs is not None and await runs.cancel(ident):
+        return ident
+    execution = await Store(db_url).get_execution(ident)
+    if execution.status == ExecutionStatus.RUNNING:
+        raise ConflictError(
+            f"execution {ident} is running in another process ({execution.owner}); "
+            "cancel it there (Ctrl-C for the CLI)"
+        )
+    raise ConflictError(
+        f"execution {ident} is {execution.status.value}, not running; nothing to cancel"
+    )
 
 
 async def list_executions(
@@ -389,6 +527,11 @@ def invocation_to_dict(invocation: Invocation) -> dict[str, Any]:
         "started_at": _iso(invocation.started_at),
         "completed_at": _iso(invocation.completed_at),
     }
+
+
+def list_mixins() -> list[dict[str, Any]]:
+    """The capability mixins an agent can use: name, version, description, config schema."""
+    return MixinRegistry.describe()
 
 
 def runners_list() -> list[dict[str, Any]]:
