@@ -1,4 +1,8 @@
-"""Entry point: `qmcp-server`, `python -m qmcp_server`, `qmcp serve`."""
+"""Entry point: `qmcp-server`, `python -m qmcp_server`, `qmcp serve`.
+
+This module puts the pieces together: it builds the server (`qmcp_server.server`) and hands it to
+a transport, stdio there or streamable HTTP (`qmcp_server.http`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,21 @@ import sys
 
 
 def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
-    from qmcp_server.server import run
+    from qmcp.agentframework.errors import QmcpError
+    from qmcp_server.server import build_server, configure_logging, run_stdio
 
-    run(transport=transport, host=host, port=port)
+    configure_logging()
+    try:
+        server = build_server()
+    except QmcpError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+    if transport == "stdio":
+        run_stdio(server)
+        return
+    from qmcp_server.http import serve_http
+
+    serve_http(server, host, port)
 
 
 def main() -> None:

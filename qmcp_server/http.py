@@ -1,4 +1,5 @@
-"""Streamable HTTP: loopback by default, DNS-rebinding protection on, a bearer token beyond it.
+"""Streamable HTTP around a built server: loopback by default, DNS-rebinding protection on, a
+bearer token beyond it. This module never imports `qmcp_server.server`; it is handed a server.
 
 `QMCP_HTTP_TOKEN` is required whenever the server binds to anything but loopback; when it is set
 every request but `/health` must carry `Authorization: Bearer <token>`. Extra Host header values
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Any
+import sys
 
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -64,22 +66,20 @@ def security_settings(host: str, port: int) -> TransportSecuritySettings:
 
 
 def build_http_app(
+    server: MCPServer,
     host: str = "127.0.0.1",
     port: int = 8765,
     *,
     token: str | None = None,
-    db_url: str | None = None,
     json_response: bool = False,
-) -> Any:
-    """The ASGI app: MCP at /mcp, a health route at /health, bearer auth when a token is set."""
-    from qmcp_server.server import build_server
-
+) -> ASGIApp:
+    """The ASGI app over `server`: MCP at /mcp, a health route at /health, bearer auth when a
+    token is set. Refuses to serve beyond loopback without a token."""
     if host not in LOOPBACK and not token:
         raise ConfigurationError(
             f"refusing to serve HTTP on {host} without a token: set QMCP_HTTP_TOKEN (any long "
             "random string) and send it as 'Authorization: Bearer <token>', or bind to 127.0.0.1"
         )
-    server = build_server(db_url)
 
     @server.custom_route("/health", methods=["GET"])
     async def health(_: Request) -> Response:
@@ -91,13 +91,12 @@ def build_http_app(
     return BearerTokenMiddleware(app, token) if token else app
 
 
-def serve_http(host: str, port: int) -> None:
-    import sys
-
+def serve_http(server: MCPServer, host: str, port: int) -> None:
+    """Serve `server` over streamable HTTP until interrupted; the token is QMCP_HTTP_TOKEN."""
     import uvicorn
 
     try:
-        app = build_http_app(host, port, token=os.environ.get("QMCP_HTTP_TOKEN") or None)
+        app = build_http_app(server, host, port, token=os.environ.get("QMCP_HTTP_TOKEN") or None)
     except ConfigurationError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None

@@ -1,0 +1,109 @@
+"""Topologies: topologies_list, topologies_create, topologies_show, topologies_run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from qmcp_server.runs import launch
+from qmcp_server.schemas import RunOutcome, TopologyInfo, TopologyList
+from qmcp_server.state import ServerState
+from qmcp_server.tools.common import CREATE, READ_ONLY, RUN, tool
+
+RunnerName = Annotated[str, Field(description="local, async or metaflow (see runners_list)")]
+
+
+def register(mcp: MCPServer, state: ServerState) -> None:
+    db_url = state.db_url
+
+    @tool(mcp, READ_ONLY)
+    async def topologies_list() -> TopologyList:
+        """List the topologies with their kinds and slots."""
+        from qmcp.agentframework import service
+
+        rows = await service.list_topologies(db_url)
+        return TopologyList(
+            topologies=[TopologyInfo(**service.topology_to_dict(t, s)) for t, s in rows]
+        )
+
+    @tool(mcp, CREATE)
+    async def topologies_create(
+        name: Annotated[str, Field(description="unique; letters, digits, _ - .", max_length=100)],
+        topology_type: Annotated[
+            str,
+            Field(
+                description="pipeline, ensemble, debate, cross_check, chain_of_command "
+                "or delegation",
+                max_length=50,
+            ),
+        ],
+        slots: Annotated[
+            dict[str, str],
+            Field(
+                description="slot name -> agent name (or 'topology:<name>' to nest a stored "
+                "topology), in order. pipeline: one slot per stage; ensemble: ensemble_0, … and "
+                "aggregator; debate: proponent, opponent, mediator; cross_check: primary, "
+                "checker_1, checker_2; chain_of_command: commander, lieutenant_*, worker_*; "
+                "delegation: coordinator and specialists",
+                max_length=100,
+            ),
+        ],
+        config: Annotated[
+            dict[str, Any] | None,
+            Field(description="the kind's config, e.g. {'aggregation_method': 'vote'}"),
+        ] = None,
+        description: Annotated[str, Field(max_length=10_000)] = "",
+    ) -> TopologyInfo:
+        """Compose agents into a topology. The config and slots are checked now, not at run time."""
+        from qmcp.agentframework import service
+
+        topology = await service.create_topology(
+            name, topology_type, slots, config=config, description=description, db_url=db_url
+        )
+        return TopologyInfo(**service.topology_to_dict(topology, slots, diagram=True))
+
+    @tool(mcp, READ_ONLY)
+    async def topologies_show(name: Annotated[str, Field(max_length=100)]) -> TopologyInfo:
+        """Show a topology: its config, which agent fills each slot, and a Mermaid diagram."""
+        from qmcp.agentframework import service
+
+        topology, agents = await service.get_topology(name, db_url)
+        return TopologyInfo(**service.topology_to_dict(topology, agents, diagram=True))
+
+    @tool(mcp, RUN)
+    async def topologies_run(
+        topology: Annotated[str, Field(description="the topology's name", max_length=100)],
+        input: Annotated[
+            dict[str, Any] | str,
+            Field(description='a JSON object such as {"prompt": "..."} (or its JSON text)'),
+        ],
+        ctx: Context,
+        runner: RunnerName = "local",
+        wait: Annotated[
+            bool,
+            Field(
+                description="true: report progress and return the result; false: return the "
+                "execution id at once (for runs longer than your client's ~60 s tool timeout)"
+            ),
+        ] = True,
+        max_concurrent: Annotated[
+            int | None, Field(ge=1, le=100, description="async runner: model calls at once")
+        ] = None,
+        timeout_seconds: Annotated[
+            int | None, Field(ge=1, le=86_400, description="stop the run after this long")
+        ] = None,
+    ) -> RunOutcome:
+        """Run a topology and record the execution; see qmcp://executions/{id} for the record."""
+        from qmcp.agentframework import service
+
+        started = await service.start_run(
+            topology,
+            input,
+            runner_type=runner,
+            config={"timeout_seconds": timeout_seconds} if timeout_seconds else None,
+            max_concurrent=max_concurrent,
+            db_url=db_url,
+        )
+        return await launch(ctx, state.runs, started, wait)
