@@ -12,6 +12,7 @@ from mcp_types import CreateMessageResult, TextContent
 
 from qmcp.agentframework.llm import register_function, unregister_function
 from qmcp.agentframework.store import Store
+from qmcp.agentframework.topologies import TopologyRegistry
 from qmcp_server.server import build_server
 
 pytestmark = pytest.mark.anyio
@@ -380,6 +381,8 @@ async def test_prompt_and_listing_tools(db_url: str) -> None:
         prompt = await client.get_prompt("run_workflow", {"request": "compare two laptops"})
         text = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert "compare two laptops" in text and "pipe_doer" in text
+        for kind in TopologyRegistry.list():  # the kinds come from the registry, as they are
+            assert f"{kind.type.value}: {kind.summary}" in text
         assert {m["name"] for m in (await call(client, "mixins_list"))["mixins"]} >= {
             "reasoning",
             "structured_output",
