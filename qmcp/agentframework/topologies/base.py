@@ -22,6 +22,7 @@ from qmcp.agentframework.errors import (
     known,
 )
 from qmcp.agentframework.models import AgentType, TopologyType
+from qmcp.agentframework.topologies.flow import FlowShape
 
 T = TypeVar("T")
 Output = dict[str, Any]
@@ -64,7 +65,19 @@ Estimate = Callable[[Any, list[str]], int]
 
 @dataclass(frozen=True)
 class TopologyKind:
-    """One topology kind: its config model, its slot rules and its program."""
+    """One topology kind: its config model, its slot rules, its program and its flow shape.
+
+    The program (`run`) is the kind's semantics, written once against a `RunContext`, and it must
+    be deterministic given its recorded outcomes: with the same config, slots and input, and the
+    same answer (or failure) for each invocation, it asks for the same invocations (same keys and
+    payloads, in the same order for each key) and returns the same output. It reads no clock, no
+    randomness, no environment and does no I/O except through `ctx`. Runners rely on this: a
+    resume answers completed keys from their checkpoints, and each step of a Metaflow flow replays
+    the program over the outcomes recorded so far to find the calls it owns.
+
+    `flow_shape` declares how the program's invocations group into the steps of a scheduled flow
+    (`topologies.flow`), next to where the kind builds its keys; None runs them all in one step.
+    """
 
     type: TopologyType
     config_model: builtins.type[BaseModel]
@@ -72,6 +85,7 @@ class TopologyKind:
     check_slots: SlotCheck
     estimate: Estimate
     summary: str
+    flow_shape: FlowShape | None = None
 
     def parse_config(self, raw: Mapping[str, Any] | BaseModel | None) -> Any:
         if isinstance(raw, self.config_model):

@@ -23,6 +23,7 @@ from qmcp.agentframework.topologies.base import (
     reject_unexpected,
     require_slots,
 )
+from qmcp.agentframework.topologies.flow import FlowStep
 from qmcp.agentframework.topologies.text import confidence_of, parse_json_object
 
 COMMANDER = "commander"
@@ -327,6 +328,29 @@ async def work(
     }
 
 
+def flow_shape(config: ChainOfCommandConfig, slots: list[str]) -> list[FlowStep]:
+    """The commander's plan, then the subtasks in parallel, then the commander's synthesis.
+
+    A subtask's branch works its keys in order (`{lieutenant}/subtask-{i}`,
+    `{worker}/subtask-{i}`, then `escalation/subtask-{i}`, `escalation-{level}/subtask-{i}`),
+    since each depends on the one before.
+    """
+    return [
+        FlowStep("plan", (f"{COMMANDER}/plan", f"{COMMANDER}/plan-repair")),
+        FlowStep(
+            "subtasks",
+            (
+                f"{LIEUTENANT}*/subtask-*",
+                f"{WORKER}*/subtask-*",
+                "escalation/subtask-*",
+                "escalation-*/subtask-*",
+            ),
+            foreach=True,
+        ),
+        FlowStep("synthesis", (f"{COMMANDER}/synthesis",)),
+    ]
+
+
 async def run(ctx: RunContext, config: ChainOfCommandConfig, input: dict[str, Any]) -> Output:
     task, context = request_text(input)
     subtasks, record = await plan(ctx, config, task, context)
@@ -396,4 +420,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=estimate,
     summary="commander plans subtasks, lieutenants brief workers, weak results escalate",
+    flow_shape=flow_shape,
 )

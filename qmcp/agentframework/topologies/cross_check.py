@@ -26,6 +26,7 @@ from qmcp.agentframework.topologies.consensus import (
     determine_consensus,
     parse_verdict,
 )
+from qmcp.agentframework.topologies.flow import FlowStep
 from qmcp.agentframework.topologies.text import main_text
 
 PRIMARY = "primary"
@@ -76,6 +77,24 @@ def revise_prompt(request: str, answer: str, issues: list[str]) -> str:
         f"Your answer was not approved. Revise it to address the issues.\n\nRequest:\n{request}"
         f"\n\nYour answer:\n{answer}\n\nIssues:\n{listed}"
     )
+
+
+def flow_shape(config: CrossCheckConfig, slots: list[str]) -> list[FlowStep]:
+    """The primary, its checkers in parallel, then per revision: the primary, its checkers.
+
+    Keys as `run` builds them: `primary`, `checker_*`, `revision-{r}/primary`,
+    `revision-{r}/checker_*`. A revision that is not needed leaves its steps with nothing to do.
+    """
+    shape = [
+        FlowStep("primary", (PRIMARY,)),
+        FlowStep("checkers", (f"{CHECKER_PREFIX}*",), foreach=True),
+    ]
+    for r in range(1, config.max_revisions + 1):
+        shape.append(FlowStep(f"revision_{r}", (f"revision-{r}/{PRIMARY}",)))
+        shape.append(
+            FlowStep(f"revision_{r}_checkers", (f"revision-{r}/{CHECKER_PREFIX}*",), foreach=True)
+        )
+    return shape
 
 
 async def run(ctx: RunContext, config: CrossCheckConfig, input: dict[str, Any]) -> Output:
@@ -130,4 +149,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=lambda config, slots: len(slots),
     summary="primary answers, checker_* validate, the primary revises until approved",
+    flow_shape=flow_shape,
 )

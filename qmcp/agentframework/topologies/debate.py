@@ -23,6 +23,7 @@ from qmcp.agentframework.topologies.base import (
     reject_unexpected,
     require_slots,
 )
+from qmcp.agentframework.topologies.flow import FlowStep
 from qmcp.agentframework.topologies.text import TEXT_KEYS, parse_json_object
 
 MEDIATOR = "mediator"
@@ -97,6 +98,11 @@ def judgment_of(text: str) -> dict[str, Any]:
     }
 
 
+def flow_shape(config: DebateConfig, slots: list[str]) -> list[FlowStep]:
+    """One step per round: its speakers in order, then the mediator (`round-{n}/{slot}`)."""
+    return [FlowStep(f"round_{n}", (f"round-{n}/*",)) for n in range(1, config.max_rounds + 1)]
+
+
 async def run(ctx: RunContext, config: DebateConfig, input: dict[str, Any]) -> Output:
     topic = topic_of(input)
     speakers = debaters(ctx.slots())
@@ -149,4 +155,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=lambda config, slots: config.max_rounds * len(slots),
     summary="debaters argue in rounds; a mediator judges and stops it on convergence",
+    flow_shape=flow_shape,
 )

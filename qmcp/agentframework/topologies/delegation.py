@@ -17,6 +17,7 @@ from qmcp.agentframework.models import AgentConfig, TopologyType
 from qmcp.agentframework.models.topology_configs import TopologyConfigBase
 from qmcp.agentframework.topologies.aggregation import synthesis_prompt
 from qmcp.agentframework.topologies.base import Output, RunContext, TopologyKind, require_slots
+from qmcp.agentframework.topologies.flow import FlowStep
 from qmcp.agentframework.topologies.text import parse_json_object
 
 COORDINATOR = "coordinator"
@@ -266,6 +267,19 @@ def routing(
     }
 
 
+def flow_shape(config: DelegationConfig, slots: list[str]) -> list[FlowStep]:
+    """The coordinator's routing, the chosen specialists in parallel, the coordinator's combine
+    (the first only for capability_match, the last only when more than one can be chosen)."""
+    shape = [FlowStep("specialists", ("specialist/*",), foreach=True)]
+    if config.routing_strategy == "capability_match":
+        shape.insert(0, FlowStep("route", (f"{COORDINATOR}/route",)))
+    specialists = len(specialists_of(slots))
+    routed = specialists if config.routing_strategy == "all" else config.max_specialists
+    if min(routed, specialists) > 1:
+        shape.append(FlowStep("combine", (f"{COORDINATOR}/combine",)))
+    return shape
+
+
 async def run(ctx: RunContext, config: DelegationConfig, input: dict[str, Any]) -> Output:
     task = request_text(input)
     profiles = [profile(ctx, slot) for slot in specialists_of(ctx.slots())]
@@ -324,4 +338,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=estimate,
     summary="coordinator routes the request to specialists by capability or role; fallback",
+    flow_shape=flow_shape,
 )

@@ -19,6 +19,7 @@ from qmcp.agentframework.topologies.base import (
     reject_unexpected,
     require_slots,
 )
+from qmcp.agentframework.topologies.flow import FlowStep
 
 PREFIX = "ensemble_"
 AGGREGATOR = "aggregator"
@@ -48,6 +49,14 @@ def required_successes(config: EnsembleConfig, members: int) -> int:
     if config.min_successes is not None:
         return config.min_successes
     return max(1, members - math.floor(members * config.failure_threshold + 1e-9))
+
+
+def flow_shape(config: EnsembleConfig, slots: list[str]) -> list[FlowStep]:
+    """Members in parallel (key: the member's slot), then, for synthesis, the aggregator."""
+    shape = [FlowStep("members", (f"{PREFIX}*",), foreach=True)]
+    if config.aggregation_method == AggregationMethod.SYNTHESIS:
+        shape.append(FlowStep("aggregate", (AGGREGATOR,)))
+    return shape
 
 
 async def run(ctx: RunContext, config: EnsembleConfig, input: dict[str, Any]) -> Output:
@@ -90,4 +99,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=lambda config, slots: len(slots),
     summary="ensemble_* members in parallel, then vote/average/concat/best_of/synthesis",
+    flow_shape=flow_shape,
 )

@@ -13,6 +13,7 @@ from qmcp.agentframework.topologies.base import (
     reject_unexpected,
     require_slots,
 )
+from qmcp.agentframework.topologies.flow import FlowStep
 from qmcp.agentframework.topologies.text import main_text
 
 
@@ -37,6 +38,13 @@ def stage_payload(previous: Output | None, original: dict[str, Any], index: int)
         "original_request": main_text(original),
         "previous_stage": index - 1,
     }
+
+
+def flow_shape(config: PipelineConfig, slots: list[str]) -> list[FlowStep]:
+    """One step per stage: stage i owns the key `stage-{i}/{slot}` that `run` builds."""
+    return [
+        FlowStep(f"stage_{i}", (f"stage-{i}/*",)) for i in range(len(stage_order(config, slots)))
+    ]
 
 
 async def run(ctx: RunContext, config: PipelineConfig, input: dict[str, Any]) -> Output:
@@ -69,4 +77,5 @@ KIND = TopologyKind(
     check_slots=check_slots,
     estimate=lambda config, slots: len(stage_order(config, slots)),
     summary="stages in order; each reads the previous stage's output",
+    flow_shape=flow_shape,
 )
