@@ -66,3 +66,8 @@ class TopologyFailed(QmcpError):
 def known(values: object) -> str:
     """Render a list of known values for an error message."""
     return ", ".join(str(v) for v in values)  # type: ignore[attr-defined]
+
+
+class RunnerError(QmcpError):
+    """A runner could not carry out a run as asked (a Metaflow helper called outside its flow,
+    a flow that ended with calls still pending)."""

@@ -1,45 +1,63 @@
 """What generated Metaflow steps call: the same library code the other runners use.
 
+A generated flow (`metaflow_runner.FlowWriter`) is these calls, one per step; `SPEC` is the flow's
+JSON document (topology, agents, run config) and `name` a step of the kind's flow shape:
+
+    start               state = begin(SPEC, input_json, execution_id, run_id)
+    s<i>_<name>         state = advance(SPEC, state, name)             (an inline step)
+    before a foreach    batch = branches(SPEC, state, name)
+    s<i>_<name>         result = run_branch(SPEC, state, name, input)  (one task per branch)
+    s<i>_<name>_join    state = merge(SPEC, inputs[0].state, [i.result for i in inputs])
+    end                 output = finish(SPEC, state)
+
+Every step replays the topology program over the outcomes recorded so far (`replay.replay`) and
+answers, through the engine (mixins, retries, recording), the pending calls its step owns, until
+the program waits for none of them; `finish` answers whatever no step owns, then records the
+output. The `state` artifact carries the execution id, the input, every outcome by invocation key,
+which flow step answered each key, and the clock of the current run segment.
+
 Each step process imports this module, so it stays lean: the library is imported inside
-functions, and a step does its work in one `asyncio.run`. The flow's state travels as the `state`
-artifact: the execution id, the input and every recorded outcome by invocation key.
+functions, and a step does its work in one `asyncio.run`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from qmcp.agentframework.errors import ConflictError, RunnerError, TopologyFailed
 from qmcp.agentframework.plugins import load_plugins
 
+if TYPE_CHECKING:
+    from qmcp.agentframework.runners.replay import Outcome, PendingCall, Replayed
+    from qmcp.agentframework.store import Store
+    from qmcp.agentframework.topologies.flow import FlowStep
+
 State = dict[str, Any]
+T = TypeVar("T")
+END = "end"  # the flow step that answers calls no declared step owns
 _CURRENT: dict[str, Any] = {}
 
 load_plugins()
 
 
-def _restore(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from qmcp.agentframework.runners.base import restore
-
-    return restore(spec)
-
-
-def _runner(spec: dict[str, Any]) -> Any:
-    from qmcp.agentframework.runners.base import RunConfig
-    from qmcp.agentframework.runners.metaflow_runner import MetaflowRunner
-
-    return MetaflowRunner(config=RunConfig.model_validate(spec.get("run_config") or {}))
+class TopologyRunFailed(TopologyFailed):
+    """The topology failed under its own failure policy (recorded); the flow stops here."""
 
 
 # -- the spec's helper functions ------------------------------------------------------------
 
 
 def invoke_agent(agent_config: dict[str, Any], input_data: dict[str, Any]) -> dict[str, Any]:
-    """Invoke one agent synchronously (for a hand-written Metaflow step).
+    """Invoke one agent synchronously, for a hand-written Metaflow step.
 
     `agent_config` is an agent as data: {"name", "role", "config", "description"?, "slot"?}.
-    Inside a generated flow the call is recorded under the flow's execution.
+    Inside a generated flow's step process the call is recorded under the flow's execution;
+    elsewhere it is not recorded.
     """
     from qmcp.agentframework.models import AgentType
     from qmcp.agentframework.runners.base import RunConfig
@@ -54,29 +72,30 @@ def invoke_agent(agent_config: dict[str, Any], input_data: dict[str, Any]) -> di
         config=dict(agent_config.get("config") or {}),
     )
     execution_id = _CURRENT.get("execution_id")
-    config = RunConfig(checkpoint_enabled=execution_id is not None)
 
     async def call() -> dict[str, Any]:
-        engine = Engine(
-            execution_id=execution_id or uuid.uuid4(),
-            agents={slot: agent},
-            config=config,
-            store=Store(),
-            checkpoints={},
-            concurrency=None,
-            on_event=None,
-            total=1,
-        )
-        return await engine.invoke(slot, input_data, key=f"{slot}/{uuid.uuid4().hex[:8]}")
+        async with Store() as store:
+            engine = Engine(
+                execution_id=uuid.UUID(execution_id) if execution_id else uuid.uuid4(),
+                agents={slot: agent},
+                # Outside a flow there is no execution to record under: rows stay unwritten.
+                config=RunConfig(checkpoint_enabled=execution_id is not None),
+                store=store,
+                checkpoints={},
+                concurrency=None,
+                on_event=None,
+                total=1,
+            )
+            return await engine.invoke(slot, input_data, key=f"{slot}/{uuid.uuid4().hex[:8]}")
 
     return asyncio.run(call())
 
 
 def aggregate_results(results: list[Any], method: str) -> dict[str, Any]:
-    """Aggregate ensemble outputs: vote, average, concat or best_of.
+    """Aggregate ensemble outputs: vote, average, concat or best_of (`topologies.aggregation`).
 
     `results` holds (name, output) pairs or outputs with `slot`/`agent` fields. Synthesis needs
-    an aggregator agent, so it happens in the generated flow's join, not here.
+    an aggregator agent: a generated flow runs it as the ensemble's `aggregate` step.
     """
     from qmcp.agentframework.topologies.aggregation import aggregate
 
@@ -96,7 +115,7 @@ def aggregate_results(results: list[Any], method: str) -> dict[str, Any]:
 def determine_consensus(
     primary: dict[str, Any], validations: list[dict[str, Any]], method: str
 ) -> dict[str, Any]:
-    """Consensus of cross-check validations: unanimous, majority or weighted."""
+    """Consensus of cross-check validations: unanimous, majority or weighted (as cross_check)."""
     from qmcp.agentframework.topologies.consensus import determine_consensus as consensus
 
     return consensus(primary, validations, method)
@@ -105,41 +124,40 @@ def determine_consensus(
 def save_execution(
     topology_id: int | None, output_data: dict[str, Any], execution_id: str | None = None
 ) -> None:
-    """Record a flow's output as its execution's completed result (with token totals)."""
+    """Record a hand-written flow's output as its execution's completed result.
+
+    The execution is `execution_id`, or the one a generated step in this process works on. Its
+    duration is the wall time since it started (a hand-written flow runs as one segment).
+    """
     ident = execution_id or _CURRENT.get("execution_id")
     if ident is None:
-        raise RuntimeError("save_execution needs the execution id: call it inside a generated flow")
-    asyncio.run(_save(uuid.UUID(str(ident)), topology_id, output_data))
-
-
-async def _save(ident: uuid.UUID, topology_id: int | None, output: dict[str, Any]) -> None:
-    from qmcp.agentframework.models import ExecutionStatus, utcnow
-    from qmcp.agentframework.store import Store
-
-    store = Store()
-    execution = await store.get_execution(ident)
-    if topology_id is not None and execution.topology_id not in (None, topology_id):
-        raise RuntimeError(
-            f"execution {ident} belongs to topology {execution.topology_id}, not {topology_id}"
+        raise RunnerError(
+            "save_execution needs the execution id: pass execution_id, or call it in a step of "
+            "a generated flow"
         )
-    completed = utcnow()
-    started = execution.started_at
-    duration = None
-    if started is not None:
-        duration = int(
-            (completed.replace(tzinfo=None) - started.replace(tzinfo=None)).total_seconds() * 1000
-        )
-    totals = await store.totals(ident)
-    await store.update_execution(
-        ident,
-        status=ExecutionStatus.COMPLETED,
-        output=output,
-        error=None,
-        completed_at=completed,
-        duration_ms=duration,
-        owner=None,
-        **totals,
-    )
+
+    async def save() -> None:
+        from qmcp.agentframework.models import ExecutionStatus, utcnow
+        from qmcp.agentframework.store import Store
+
+        async with Store() as store:
+            execution = await store.get_execution(uuid.UUID(str(ident)))
+            if topology_id is not None and execution.topology_id not in (None, topology_id):
+                raise ConflictError(
+                    f"execution {ident} belongs to topology {execution.topology_id}, "
+                    f"not {topology_id}"
+                )
+            started = (execution.started_at or execution.created_at).replace(tzinfo=None)
+            elapsed = (utcnow().replace(tzinfo=None) - started).total_seconds()
+            await store.finish_execution(
+                execution.id,
+                status=ExecutionStatus.COMPLETED,
+                output=output_data,
+                error=None,
+                duration_ms=max(0, int(elapsed * 1000)),
+            )
+
+    asyncio.run(save())
 
 
 # -- the generated flow's steps ---------------------------------------------------------------
@@ -149,167 +167,294 @@ def begin(spec: dict[str, Any], input_json: Any, execution_id: str, run_id: str)
     """Start step: use the execution the runner created, or create one (a standalone run)."""
     data = input_json if isinstance(input_json, dict) else {}
 
-    async def start() -> str:
+    async def start() -> State:
+        from qmcp.agentframework.runners.base import restore
         from qmcp.agentframework.store import Store
 
-        store = Store()
-        if execution_id:
-            ident = uuid.UUID(execution_id)
-            execution = await store.get_execution(ident)
-        else:
-            topology, agents = _restore(spec)
-            prepared = await _runner(spec).start(topology, agents, data)
-            execution = prepared.execution
-            ident = execution.id
-        snapshot = dict(execution.snapshot)
-        snapshot["metaflow"] = {**snapshot.get("metaflow", {}), "run_id": run_id}
-        await store.update_execution(ident, snapshot=snapshot)
-        return str(ident)
+        async with Store() as store:
+            if execution_id:
+                execution = await store.get_execution(uuid.UUID(execution_id))
+            else:
+                topology, agents = restore(spec)
+                execution = (await _runner(spec).start(topology, agents, data)).execution
+            snapshot = dict(execution.snapshot)
+            snapshot["metaflow"] = {**snapshot.get("metaflow", {}), "run_id": run_id}
+            await store.update_execution(execution.id, snapshot=snapshot)
+        clock = {"run": run_id, "since": time.time(), "before_ms": execution.duration_ms or 0}
+        return {
+            "execution_id": str(execution.id),
+            "input": data,
+            "outcomes": {},
+            "steps": {},
+            "clock": clock,
+        }
 
-    ident = asyncio.run(start())
-    _CURRENT["execution_id"] = ident
-    return {"execution_id": ident, "input": data, "outcomes": {}}
-
-
-def advance(spec: dict[str, Any], state: State, patterns: list[str]) -> State:
-    """Inline step: answer the program's pending calls that this step owns, until none are left."""
+    state = asyncio.run(start())
     _CURRENT["execution_id"] = state["execution_id"]
-    return asyncio.run(_advance(spec, state, patterns))
+    return state
 
 
-async def _advance(spec: dict[str, Any], state: State, patterns: list[str]) -> State:
-    from qmcp.agentframework.runners.replay import owned
+def advance(spec: dict[str, Any], state: State, step: str | list[str]) -> State:
+    """An inline step: answer the calls it owns, in order, until the program waits for none.
 
-    state = {**state, "outcomes": {k: list(v) for k, v in state["outcomes"].items()}}
-    while True:
-        pending = await _discover(spec, state)
-        mine = owned(pending, patterns) if pending else []
-        if not mine:
-            return state
-        for call in mine:
-            outcome = await _invoke(spec, state, call.as_dict())
-            state["outcomes"].setdefault(call.key, []).append(outcome)
+    `step` names a step of the kind's flow shape, or is a list of key patterns (a step made up
+    on the spot, for driving a program by hand).
+    """
 
+    async def work_step(work: _Work) -> State:
+        await work.segment()
+        name, flow_step = work.step(step)
+        await work.answer_all(name, flow_step)
+        return work.state
 
-def plan_batch(spec: dict[str, Any], state: State, patterns: list[str]) -> list[Any]:
-    """Fan-out step: the pending calls this step owns, as the `foreach` list ([None] if none)."""
-    from qmcp.agentframework.runners.replay import owned
-
-    _CURRENT["execution_id"] = state["execution_id"]
-    pending = asyncio.run(_discover(spec, state))
-    batch: list[Any] = [c.as_dict() for c in owned(pending or [], patterns)]
-    return batch or [None]
+    return _run(spec, state, work_step)
 
 
-def invoke_pending(spec: dict[str, Any], state: State, call: dict[str, Any] | None) -> Any:
-    """A `foreach` branch: answer one pending call."""
-    if call is None:
+def branches(spec: dict[str, Any], state: State, step: str) -> list[str | None]:
+    """Before a foreach step: its branches with calls pending, its `foreach` list ([None] if none;
+    Metaflow cannot fan out over nothing)."""
+    from qmcp.agentframework.runners.replay import branches as branches_of
+
+    async def plan(work: _Work) -> list[str | None]:
+        _, flow_step = work.step(step)
+        return list(branches_of((await work.discover()).pending, flow_step)) or [None]
+
+    return _run(spec, state, plan)
+
+
+def run_branch(
+    spec: dict[str, Any], state: State, step: str, branch: str | None
+) -> dict[str, Any] | None:
+    """One task of a foreach step: answer the branch's calls, in order, until it has none left.
+
+    Returns what it answered, for the join: {"step", "answered": [[key, outcome], ...]}.
+    """
+    if branch is None:
         return None
-    _CURRENT["execution_id"] = state["execution_id"]
-    return {"key": call["key"], "outcome": asyncio.run(_invoke(spec, state, call))}
+
+    async def work_branch(work: _Work) -> dict[str, Any]:
+        await work.segment()
+        name, flow_step = work.step(step)
+        answered = await work.answer_all(name, flow_step, branch)
+        return {"step": name, "answered": [[key, outcome] for key, outcome in answered]}
+
+    return _run(spec, state, work_branch)
 
 
-def merge(state: State, results: list[Any]) -> State:
-    """Join step: add the branches' outcomes to the state."""
-    outcomes = {k: list(v) for k, v in state["outcomes"].items()}
+def merge(spec: dict[str, Any], state: State, results: list[dict[str, Any] | None]) -> State:
+    """A foreach step's join: the branches' outcomes added to the state, in branch order."""
+    merged = _copy(state)
     for result in results:
-        if result is not None:
-            outcomes.setdefault(result["key"], []).append(result["outcome"])
-    return {**state, "outcomes": outcomes}
+        if result is None:
+            continue
+        for key, outcome in result["answered"]:
+            merged["outcomes"].setdefault(key, []).append(outcome)
+            merged["steps"][key] = result["step"]
+    if _metaflow_run_id() in (None, merged["clock"].get("run")):
+        return merged
+
+    async def new_segment(work: _Work) -> State:
+        await work.segment()
+        return work.state
+
+    return _run(spec, merged, new_segment)
 
 
 def finish(spec: dict[str, Any], state: State) -> dict[str, Any]:
-    """End step: the program's output from the recorded outcomes, saved to the execution."""
-    _CURRENT["execution_id"] = state["execution_id"]
-    output = asyncio.run(_output(spec, state))
-    topology_id = spec["topology"].get("id")
-    save_execution(topology_id, output, state["execution_id"])
-    return output
+    """End step: answer any call no declared step owns, then record the program's output."""
+
+    async def end(work: _Work) -> dict[str, Any]:
+        from qmcp.agentframework.models import ExecutionStatus
+
+        await work.segment()
+        await work.answer_all(END, None)
+        replayed = await work.discover()
+        if replayed.output is None:
+            keys = ", ".join(c.key for c in replayed.pending)
+            raise RunnerError(f"the flow ended with calls still pending: {keys}")
+        await work.record_steps()
+        await work.store.finish_execution(
+            work.ident,
+            status=ExecutionStatus.COMPLETED,
+            output=replayed.output,
+            error=None,
+            duration_ms=work.duration_ms(),
+            metrics=work.run_config.metrics_enabled,
+        )
+        return replayed.output
+
+    return _run(spec, state, end)
 
 
-async def _output(spec: dict[str, Any], state: State) -> dict[str, Any]:
-    from qmcp.agentframework.runners.replay import Pending, ReplayContext
-    from qmcp.agentframework.topologies import TopologyRegistry
-
-    topology, agents = _restore(spec)
-    kind = TopologyRegistry.get(topology.topology_type)
-    config = kind.parse_config(topology.config)
-    try:
-        return await kind.run(ReplayContext(agents, state["outcomes"]), config, state["input"])
-    except Pending as signal:
-        keys = ", ".join(c.key for c in signal.calls)
-        raise RuntimeError(f"the flow ended with calls still pending: {keys}") from None
+# -- one step's work --------------------------------------------------------------------------
 
 
-async def _discover(spec: dict[str, Any], state: State) -> list[Any]:
-    """Run the program over the recorded outcomes; the calls it waits for ([] when finished).
+class _Work:
+    """A step's view of the run: the topology program over `state`, and the engine it calls."""
 
-    A topology-level failure is recorded on the execution and raised, so the Metaflow task
-    fails and `resume` starts again from here.
-    """
-    from qmcp.agentframework.errors import QmcpError
-    from qmcp.agentframework.runners.replay import Pending, ReplayContext
-    from qmcp.agentframework.topologies import TopologyRegistry
+    def __init__(self, spec: dict[str, Any], state: State, store: Store) -> None:
+        from qmcp.agentframework.runners.base import RunConfig, restore
+        from qmcp.agentframework.topologies import TopologyRegistry
 
-    topology, agents = _restore(spec)
-    kind = TopologyRegistry.get(topology.topology_type)
-    config = kind.parse_config(topology.config)
-    try:
-        await kind.run(ReplayContext(agents, state["outcomes"]), config, state["input"])
-    except Pending as signal:
-        return list(signal.calls)
-    except QmcpError as exc:
-        await _fail(uuid.UUID(state["execution_id"]), str(exc))
-        raise TopologyRunFailed(str(exc)) from None
-    return []
+        topology, self.agents = restore(spec)
+        self.kind = TopologyRegistry.get(topology.topology_type)
+        self.config = self.kind.parse_config(topology.config)
+        self.run_config = RunConfig.model_validate(spec.get("run_config") or {})
+        self.state = _copy(state)
+        self.ident = uuid.UUID(state["execution_id"])
+        self.store = store
+        self._engine: Any = None
+        _CURRENT["execution_id"] = state["execution_id"]
+
+    def step(self, step: str | list[str]) -> tuple[str, FlowStep]:
+        """The flow step's name in the generated flow, and its declaration."""
+        from qmcp.agentframework.runners.metaflow_runner import flow_shape, flow_step_name
+        from qmcp.agentframework.topologies.flow import FlowStep
+
+        if not isinstance(step, str):
+            return "adhoc", FlowStep("adhoc", tuple(step))
+        for index, declared in enumerate(flow_shape(self.kind, self.config, list(self.agents))):
+            if declared.name == step:
+                return flow_step_name(index, declared), declared
+        raise RunnerError(f"{self.kind.type.value} flows have no step {step!r}")
+
+    async def discover(self) -> Replayed:
+        """The program over the outcomes so far. A topology failure is recorded on the execution
+        and raised, so the Metaflow task fails and `resume` starts again from here."""
+        from qmcp.agentframework.errors import QmcpError
+        from qmcp.agentframework.models import ExecutionStatus
+        from qmcp.agentframework.runners.replay import replay
+
+        try:
+            return await replay(
+                self.kind, self.config, self.agents, self.state["input"], self.state["outcomes"]
+            )
+        except QmcpError as exc:
+            await self.record_steps()
+            await self.store.finish_execution(
+                self.ident,
+                status=ExecutionStatus.FAILED,
+                output=None,
+                error=str(exc),
+                duration_ms=self.duration_ms(),
+                metrics=self.run_config.metrics_enabled,
+            )
+            raise TopologyRunFailed(str(exc)) from None
+
+    async def answer_all(
+        self, name: str, step: FlowStep | None, branch: str | None = None
+    ) -> list[tuple[str, Outcome]]:
+        """Answer the pending calls `step` owns (in `branch`; every call if `step` is None), in
+        the order the program asks, until it asks for none of them."""
+        from qmcp.agentframework.runners.replay import owned
+
+        answered: list[tuple[str, Outcome]] = []
+        while True:
+            pending = (await self.discover()).pending
+            mine = pending if step is None else owned(pending, step, branch)
+            if not mine:
+                break
+            for call in mine:
+                outcome = await self.invoke(call)
+                self.state["outcomes"].setdefault(call.key, []).append(outcome)
+                self.state["steps"][call.key] = name
+                answered.append((call.key, outcome))
+        if self._engine is not None:
+            await self._engine.flush()  # rows a run without checkpointing batches
+        return answered
+
+    async def invoke(self, call: PendingCall) -> Outcome:
+        """Answer one call through the engine (checkpoint, mixins, retries, recording)."""
+        from qmcp.agentframework.errors import InvocationFailed
+        from qmcp.agentframework.runners.replay import resolve_agent
+
+        engine = await self.engine()
+        member = resolve_agent(self.agents, call.path, call.slot)
+        try:
+            output = await engine.invoke_agent(
+                member, call.slot, call.payload, call.key, call.retries
+            )
+        except InvocationFailed as exc:
+            return {"failed": exc.reason}
+        return {"ok": output}
+
+    async def engine(self) -> Any:
+        if self._engine is None:
+            from qmcp.agentframework.runners.engine import Engine
+
+            # A task that died after some calls finished (then resumed) does not pay again.
+            self._engine = Engine(
+                execution_id=self.ident,
+                agents=self.agents,
+                config=self.run_config,
+                store=self.store,
+                checkpoints=await self.store.checkpoints(self.ident),
+                concurrency=None,
+                on_event=None,
+                total=1,
+            )
+        return self._engine
+
+    async def segment(self) -> None:
+        """A resumed Metaflow run is a new run segment: its clock starts when its first step
+        does, after the segments before it (the duration recorded when the last one ended)."""
+        run = _metaflow_run_id()
+        clock = self.state.get("clock") or {}
+        if run is None or run == clock.get("run"):
+            return
+        execution = await self.store.get_execution(self.ident)
+        self.state["clock"] = {
+            "run": run,
+            "since": time.time(),
+            "before_ms": execution.duration_ms or 0,
+        }
+
+    def duration_ms(self) -> int:
+        """The summed wall time of the execution's run segments, this one up to now."""
+        clock = self.state.get("clock") or {}
+        since = float(clock.get("since") or time.time())
+        return int(clock.get("before_ms") or 0) + max(0, int((time.time() - since) * 1000))
+
+    async def record_steps(self) -> None:
+        """Which flow step answered each key, kept on the execution (`snapshot.metaflow.steps`)."""
+        execution = await self.store.get_execution(self.ident)
+        snapshot = dict(execution.snapshot)
+        snapshot["metaflow"] = {**snapshot.get("metaflow", {}), "steps": self.state["steps"]}
+        await self.store.update_execution(self.ident, snapshot=snapshot)
 
 
-class TopologyRunFailed(RuntimeError):
-    """The topology failed under its own failure policy; the flow stops here."""
+def _run(spec: dict[str, Any], state: State, work: Callable[[_Work], Awaitable[T]]) -> T:
+    """One step's work in one event loop, with the database closed at its end."""
+
+    async def main() -> T:
+        from qmcp.agentframework.store import Store
+
+        async with Store() as store:
+            return await work(_Work(spec, state, store))
+
+    return asyncio.run(main())
 
 
-async def _fail(ident: uuid.UUID, error: str) -> None:
-    from qmcp.agentframework.models import ExecutionStatus, utcnow
-    from qmcp.agentframework.store import Store
-
-    store = Store()
-    totals = await store.totals(ident)
-    await store.update_execution(
-        ident,
-        status=ExecutionStatus.FAILED,
-        error=error,
-        completed_at=utcnow(),
-        owner=None,
-        **totals,
-    )
+def _copy(state: State) -> State:
+    return {
+        **state,
+        "outcomes": {k: list(v) for k, v in state["outcomes"].items()},
+        "steps": dict(state.get("steps") or {}),
+        "clock": dict(state.get("clock") or {}),
+    }
 
 
-async def _invoke(spec: dict[str, Any], state: State, call: dict[str, Any]) -> dict[str, Any]:
-    """Answer one call through the engine (retries, mixins, recording) → an outcome."""
-    from qmcp.agentframework.errors import InvocationFailed
+def _metaflow_run_id() -> str | None:
+    """The Metaflow run this process is a task of, if any."""
+    metaflow = sys.modules.get("metaflow")
+    current = getattr(metaflow, "current", None)
+    if current is None or not getattr(current, "is_running_flow", False):
+        return None
+    return str(current.run_id)
+
+
+def _runner(spec: dict[str, Any]) -> Any:
     from qmcp.agentframework.runners.base import RunConfig
-    from qmcp.agentframework.runners.engine import Engine
-    from qmcp.agentframework.runners.replay import resolve_agent
-    from qmcp.agentframework.store import Store
+    from qmcp.agentframework.runners.metaflow_runner import MetaflowRunner
 
-    _, agents = _restore(spec)
-    ident = uuid.UUID(state["execution_id"])
-    store = Store()
-    # A task that died after some calls finished (then resumed) must not pay for them again.
-    checkpoints = await store.checkpoints(ident)
-    engine = Engine(
-        execution_id=ident,
-        agents=agents,
-        config=RunConfig.model_validate(spec.get("run_config") or {}),
-        store=store,
-        checkpoints={k: v for k, v in checkpoints.items() if k == call["key"]},
-        concurrency=None,
-        on_event=None,
-        total=1,
-    )
-    member = resolve_agent(agents, call.get("path") or [], call["slot"])
-    try:
-        result = await engine.invoke_agent(member, call["slot"], call["payload"], call["key"])
-    except InvocationFailed as exc:
-        return {"failed": exc.reason}
-    return {"ok": result}
+    return MetaflowRunner(config=RunConfig.model_validate(spec.get("run_config") or {}))

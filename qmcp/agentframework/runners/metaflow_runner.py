@@ -1,11 +1,14 @@
 """MetaflowRunner: topologies as generated Metaflow flows that run locally or scale out.
 
-A generated flow follows the topology's shape (pipeline: one step per stage; ensemble and the
-fan-outs of cross-check, chain of command and delegation: `foreach` + join; debate: one step per
-round) and its steps call `metaflow_helpers`, which run the same topology program as every other
-runner over the outcomes recorded so far, so one topology gives the same output everywhere.
-No user text is ever written into the flow's source: the topology, its agents and the run config
-travel as one JSON document, embedded as an ASCII string literal.
+A generated flow follows the topology's flow shape, which each kind declares next to where it
+builds its invocation keys (`TopologyKind.flow_shape`, `topologies.flow`): one step per declared
+step, `foreach` + join where a step's members run in parallel (pipeline: a step per stage;
+ensemble members, cross-check checkers, chain-of-command subtasks, delegation specialists: fan
+outs; debate: a step per round). Its steps call `metaflow_helpers`, which run the same topology
+program as every other runner over the outcomes recorded so far, so one topology gives the same
+output everywhere. No user text is ever written into the flow's source: the topology, its agents
+and the run config travel as one JSON document, embedded as an ASCII string literal, and step
+names come from the declaration, never from slot names.
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from qmcp.agentframework.errors import ValidationError
-from qmcp.agentframework.models import AgentType, ExecutionStatus, Topology, TopologyType, utcnow
+from qmcp.agentframework.models import AgentType, ExecutionStatus, Topology, utcnow
 from qmcp.agentframework.runners.base import (
     BaseRunner,
     PreparedRun,
@@ -35,53 +38,29 @@ from qmcp.agentframework.runners.base import (
     validate_members,
 )
 from qmcp.agentframework.runners.engine import EventHandler, InvocationEvent
-from qmcp.agentframework.topologies import TopologyRegistry
+from qmcp.agentframework.topologies import TopologyKind, TopologyRegistry
+from qmcp.agentframework.topologies.flow import FlowStep, check_shape
 
 log = logging.getLogger("qmcp.run")
 Environment = Literal["local", "kubernetes", "batch"]
 ENVIRONMENTS = ("local", "kubernetes", "batch")
 POLL_SECONDS = 0.25
+RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+HELPERS = "from qmcp.agentframework.runners import metaflow_helpers as h"
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A part of a flow: `inline` answers its calls in one step; `fanout` is foreach + join."""
-
-    mode: Literal["inline", "fanout"]
-    name: str
-    patterns: list[str]
+def flow_shape(kind: TopologyKind, config: Any, slots: list[str]) -> list[FlowStep]:
+    """The declared steps of a kind's flow; a kind that declares none runs in `end` alone."""
+    if kind.flow_shape is None:
+        return []
+    return check_shape(list(kind.flow_shape(config, slots)))
 
 
-def flow_shape(topology_type: TopologyType, config: Any, slots: list[str]) -> list[Segment]:
-    """The steps a topology kind becomes, ending with `finish`, which answers anything left."""
-    shape: list[Segment]
-    if topology_type is TopologyType.PIPELINE:
-        stages = list(config.stages or slots)
-        shape = [Segment("inline", f"stage_{i}", [f"stage-{i}/*"]) for i in range(len(stages))]
-    elif topology_type is TopologyType.ENSEMBLE:
-        shape = [Segment("fanout", "members", ["ensemble_*"])]
-    elif topology_type is TopologyType.CROSS_CHECK:
-        shape = [
-            Segment("inline", "primary", ["primary"]),
-            Segment("fanout", "checkers", ["checker_*"]),
-        ]
-    elif topology_type is TopologyType.DEBATE:
-        rounds = int(getattr(config, "max_rounds", 1))
-        shape = [Segment("inline", f"round_{r}", [f"round-{r}/*"]) for r in range(1, rounds + 1)]
-    elif topology_type is TopologyType.CHAIN_OF_COMMAND:
-        shape = [
-            Segment("inline", "plan", ["commander/plan*"]),
-            Segment("fanout", "lieutenants", ["lieutenant_*"]),
-            Segment("fanout", "workers", ["worker_*"]),
-        ]
-    elif topology_type is TopologyType.DELEGATION:
-        shape = [
-            Segment("inline", "route", ["coordinator/route"]),
-            Segment("fanout", "specialists", ["specialist/*"]),
-        ]
-    else:
-        shape = []
-    return [*shape, Segment("inline", "finish", ["*"])]
+def flow_step_name(index: int, step: FlowStep) -> str:
+    """A declared step's name in the generated flow (`s1_checkers`; its join `s1_checkers_join`).
+
+    The index keeps names apart from Metaflow's own (`start`, `end`, `next`, `input`, …)."""
+    return f"s{index}_{step.name}"
 
 
 def flow_class_name(topology_name: str) -> str:
@@ -99,6 +78,25 @@ def _literal(value: Any) -> str:
     return ascii(json.dumps(value, ensure_ascii=True, sort_keys=True))
 
 
+def check_resources(resources: Mapping[str, Any]) -> dict[str, int | float | str]:
+    """Decorator arguments: lowercase names, and numbers or text (written as literals)."""
+    checked: dict[str, int | float | str] = {}
+    for name, value in resources.items():
+        if not isinstance(name, str) or not RESOURCE_NAME.match(name):
+            raise ValidationError(
+                f"resource name {str(name)[:60]!r} must be lowercase letters, digits and '_' "
+                "(e.g. cpu, memory, gpu)"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | str)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
+            raise ValidationError(f"resource {name} must be a finite number or text: {value!r}")
+        checked[name] = value
+    return checked
+
+
 class FlowWriter:
     """Builds the flow source for one topology."""
 
@@ -110,12 +108,12 @@ class FlowWriter:
     ) -> None:
         self.environment = environment
         self.config = config
-        self.resources = dict(resources)
+        self.resources = check_resources(resources)
 
     def decorators(self) -> list[str]:
         if self.environment == "local":
             return []
-        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.resources.items()))
+        args = ", ".join(f"{k}={_value(v)}" for k, v in sorted(self.resources.items()))
         lines = [f"@{self.environment}({args})"]
         if self.config.retry_on_failure and self.config.max_retries:
             lines.append(f"@retry(times={int(self.config.max_retries)})")
@@ -128,15 +126,23 @@ class FlowWriter:
         spec = snapshot_of(topology, agents, config) | {
             "run_config": self.config.model_dump(mode="json")
         }
-        shape = flow_shape(kind.type, config, list(agents))
+        shape = flow_shape(kind, config, list(agents))
         imports = "from metaflow import FlowSpec, JSONType, Parameter, current, step"
         if self.environment != "local":
             imports += f", retry, timeout, {self.environment}"
+        steps = (
+            ", ".join(
+                f"{flow_step_name(i, s)}{' (foreach)' * s.foreach}" for i, s in enumerate(shape)
+            )
+            or "none declared"
+        )
         out = [
             '"""A qmcp topology as a Metaflow flow (generated; regenerate instead of editing).',
             "",
             'Run it: python THIS_FILE.py run --input-json \'{"prompt": "..."}\'',
             "The topology, its agents and the run config are the JSON document SPEC.",
+            f"Steps of the {kind.type.value} flow shape: {steps}; `end` answers any call",
+            "no step owns and records the output.",
             '"""',
             "",
             "import json",
@@ -153,52 +159,25 @@ class FlowWriter:
             ' help="record into this qmcp execution (default: create one)")',
             "",
         ]
-        names = [f"s{i}_{segment.name}" for i, segment in enumerate(shape)]
-        out += self._step(
-            "start",
-            [
-                "from qmcp.agentframework.runners import metaflow_helpers as h",
-                "self.state = h.begin(SPEC, self.input_json, self.execution_id, current.run_id)",
-            ],
-            names[0],
-            decorated=False,
-        )
-        for index, segment in enumerate(shape):
-            name = names[index]
-            following = names[index + 1] if index + 1 < len(shape) else "end"
-            patterns = f"json.loads({_literal(segment.patterns)})"
-            head = "from qmcp.agentframework.runners import metaflow_helpers as h"
-            if segment.mode == "inline":
-                out += self._step(
-                    name,
-                    [head, f"self.state = h.advance(SPEC, self.state, {patterns})"],
-                    following,
+        begin = "self.state = h.begin(SPEC, self.input_json, self.execution_id, current.run_id)"
+        out += self._step("start", [begin], shape, 0, decorated=False)
+        for index, declared in enumerate(shape):
+            name = flow_step_name(index, declared)
+            if declared.foreach:
+                work = (
+                    f'self.result = h.run_branch(SPEC, self.state, "{declared.name}", self.input)'
                 )
+                out += self._step(name, [work], shape, None, following=f"{name}_join")
+                merge = "self.state = h.merge(SPEC, inputs[0].state, [i.result for i in inputs])"
+                out += self._step(f"{name}_join", [merge], shape, index + 1, join=True)
             else:
-                out += self._step(
-                    name,
-                    [head, f"self.batch = h.plan_batch(SPEC, self.state, {patterns})"],
-                    f"{name}_invoke",
-                    foreach="batch",
-                )
-                out += self._step(
-                    f"{name}_invoke",
-                    [head, "self.result = h.invoke_pending(SPEC, self.state, self.input)"],
-                    f"{name}_join",
-                )
-                out += self._step(
-                    f"{name}_join",
-                    [
-                        head,
-                        "self.state = h.merge(inputs[0].state, [i.result for i in inputs])",
-                    ],
-                    following,
-                    join=True,
-                )
+                work = f'self.state = h.advance(SPEC, self.state, "{declared.name}")'
+                out += self._step(name, [work], shape, index + 1)
         out += [
+            *(f"    {d}" for d in self.decorators()),
             "    @step",
             "    def end(self):",
-            "        from qmcp.agentframework.runners import metaflow_helpers as h",
+            f"        {HELPERS}",
             "",
             "        self.output = h.finish(SPEC, self.state)",
             "",
@@ -213,26 +192,36 @@ class FlowWriter:
         self,
         name: str,
         body: list[str],
-        following: str,
+        shape: list[FlowStep],
+        then: int | None,
         *,
-        foreach: str | None = None,
+        following: str | None = None,
         join: bool = False,
         decorated: bool = True,
     ) -> list[str]:
+        """One step: `body`, then on to `following`, or to step `then` of the shape (`end` past
+        its last), planning that step's branches first when it fans out."""
         lines = [f"    {d}" for d in (self.decorators() if decorated else [])]
         lines.append("    @step")
         lines.append(f"    def {name}(self{', inputs' if join else ''}):")
-        lines += (
-            [f"        {line}" for line in body[:1]] + [""] + [f"        {b}" for b in body[1:]]
-        )
-        target = f"self.{following}"
-        lines.append(
-            f'        self.next({target}, foreach="{foreach}")'
-            if foreach
-            else f"        self.next({target})"
-        )
+        lines += [f"        {HELPERS}", ""] + [f"        {line}" for line in body]
+        if following is not None:
+            lines.append(f"        self.next(self.{following})")
+        elif then is not None and then < len(shape) and shape[then].foreach:
+            target = shape[then]
+            lines.append(f'        self.batch = h.branches(SPEC, self.state, "{target.name}")')
+            lines.append(f'        self.next(self.{flow_step_name(then, target)}, foreach="batch")')
+        elif then is not None and then < len(shape):
+            lines.append(f"        self.next(self.{flow_step_name(then, shape[then])})")
+        else:
+            lines.append("        self.next(self.end)")
         lines.append("")
         return lines
+
+
+def _value(value: int | float | str) -> str:
+    """A resource value as a Python literal (text through JSON, like SPEC)."""
+    return repr(value) if not isinstance(value, str) else f"json.loads({_literal(value)})"
 
 
 @runner
@@ -256,7 +245,7 @@ class MetaflowRunner(BaseRunner):
         super().__init__(config=config, db_url=db_url)
         self.output_dir = Path(output_dir)
         self.environment = environment
-        self.resources = dict(resources or {"cpu": 1, "memory": 4096})
+        self.resources = check_resources(resources or {"cpu": 1, "memory": 4096})
 
     # -- generation -------------------------------------------------------------------------
 
@@ -290,17 +279,14 @@ class MetaflowRunner(BaseRunner):
     async def finish(
         self, prepared: PreparedRun, *, on_event: EventHandler | None = None
     ) -> RunResult:
-        """Run the flow (or resume its last Metaflow run) and read the outcome from the database."""
+        """Run the flow, or resume its last Metaflow run, and read the outcome from the database.
+
+        A resume whose flow file is gone or was generated differently (another version or
+        runner configuration) runs a new flow over the same execution instead: its completed
+        invocations are answered from their checkpoints, not asked again.
+        """
         execution = prepared.execution
-        info = dict(execution.snapshot.get("metaflow") or {})
-        if "flow_file" not in info:
-            topology, agents = restore(execution.snapshot)
-            # A unique file per generation: Metaflow caches flows by path.
-            stem = f"{flow_file_stem(topology.name)}_flow_{execution.id.hex[:12]}.py"
-            info["flow_file"] = str(
-                self.write_flow(topology, agents, self.output_dir / stem).resolve()
-            )
-            await self._remember(execution.id, info)
+        info = await self._flow_file(execution)
         started_at, t0 = utcnow(), time.perf_counter()
         from metaflow import Runner
 
@@ -314,31 +300,21 @@ class MetaflowRunner(BaseRunner):
                 )
         except Exception as exc:
             error = f"Metaflow could not start the flow: {type(exc).__name__}: {exc}"
-            return await self._record_failure(execution.id, error, started_at, t0)
+            return await self._end(prepared, ExecutionStatus.FAILED, error, started_at, t0)
         progress = asyncio.create_task(self._report(execution.id, on_event, prepared))
         try:
             await running.wait(timeout=self.config.timeout_seconds)
         except (asyncio.CancelledError, KeyboardInterrupt):
             running.command_obj.kill()
-            await self._remember(
-                execution.id, {**info, "run_id": _run_id(running) or info.get("run_id")}
-            )
-            await self.store.update_execution(
-                execution.id,
-                status=ExecutionStatus.CANCELLED,
-                error="cancelled",
-                completed_at=utcnow(),
-                owner=None,
-            )
+            await self._remember(execution.id, {"run_id": _run_id(running)})
+            await self._end(prepared, ExecutionStatus.CANCELLED, "cancelled", started_at, t0)
             raise
         finally:
             progress.cancel()
-        run_id = _run_id(running)
-        if run_id:
-            await self._remember(execution.id, {**info, "run_id": run_id})
+        await self._remember(execution.id, {"run_id": _run_id(running)})
         record = await self.store.get_execution(execution.id)
-        if record.status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED) and (
-            record.status == ExecutionStatus.COMPLETED or record.error
+        if record.status == ExecutionStatus.COMPLETED or (
+            record.status == ExecutionStatus.FAILED and record.error
         ):
             return self._result(record, started_at, t0)
         if running.status == "timeout":
@@ -348,27 +324,56 @@ class MetaflowRunner(BaseRunner):
             )
         else:
             error = _last_error(running.stderr) or f"the Metaflow run ended as {running.status}"
-        return await self._record_failure(execution.id, error, started_at, t0)
+        return await self._end(prepared, ExecutionStatus.FAILED, error, started_at, t0)
 
-    async def _remember(self, ident: uuid.UUID, info: dict[str, Any]) -> None:
+    async def _flow_file(self, execution: Any) -> dict[str, Any]:
+        """The execution's flow file and Metaflow run, writing the file when it needs one."""
+        info = dict(execution.snapshot.get("metaflow") or {})
+        topology, agents = restore(execution.snapshot)
+        source = self._topology_to_flow(topology, agents)
+        known = Path(info["flow_file"]) if info.get("flow_file") else None
+        if known is not None and known.is_file() and known.read_text("utf-8") == source:
+            return info
+        # A new file per generation: Metaflow caches flows by path.
+        stem = f"{flow_file_stem(topology.name)}_flow_{execution.id.hex[:12]}"
+        if known is not None:
+            stem += f"_{uuid.uuid4().hex[:6]}"
+        target = self.output_dir / f"{stem}.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source, encoding="utf-8")
+        info = {"flow_file": str(target.resolve())}  # a new flow: no Metaflow run to resume
+        await self._remember(execution.id, info, replace=True)
+        return info
+
+    async def _remember(
+        self, ident: uuid.UUID, info: dict[str, Any], *, replace: bool = False
+    ) -> None:
         """Keep the flow file and the Metaflow run id on the execution, for resume."""
         record = await self.store.get_execution(ident)
-        merged = {**record.snapshot.get("metaflow", {}), **{k: v for k, v in info.items() if v}}
+        kept = {} if replace else dict(record.snapshot.get("metaflow") or {})
+        merged = {**kept, **{k: v for k, v in info.items() if v}}
         await self.store.update_execution(ident, snapshot={**record.snapshot, "metaflow": merged})
 
-    async def _record_failure(
-        self, ident: uuid.UUID, error: str, started_at: Any, t0: float
+    async def _end(
+        self,
+        prepared: PreparedRun,
+        status: ExecutionStatus,
+        error: str,
+        started_at: Any,
+        t0: float,
     ) -> RunResult:
-        totals = await self.store.totals(ident)
-        await self.store.update_execution(
-            ident,
-            status=ExecutionStatus.FAILED,
+        """Record a run that ended without its flow recording it (it could not start, was
+        cancelled, timed out or crashed); the duration adds this segment to the earlier ones."""
+        segment_ms = int((time.perf_counter() - t0) * 1000)
+        await self.store.finish_execution(
+            prepared.execution_id,
+            status=status,
+            output=None,
             error=error,
-            completed_at=utcnow(),
-            owner=None,
-            **totals,
+            duration_ms=prepared.previous_ms + segment_ms,
+            metrics=self.config.metrics_enabled,
         )
-        return self._result(await self.store.get_execution(ident), started_at, t0)
+        return self._result(await self.store.get_execution(prepared.execution_id), started_at, t0)
 
     def _result(self, record: Any, started_at: Any, t0: float) -> RunResult:
         return RunResult(

@@ -3,18 +3,20 @@
 A `ReplayContext` answers `invoke` from recorded outcomes; where none is recorded it stops the
 program with `Pending`, naming every call the program is waiting for (all branches of a `gather`
 at once). Running the program again after those calls are answered moves it forward. Because the
-program is the same one LocalRunner and AsyncRunner run, the output is the same on every runner.
+program is the same one LocalRunner and AsyncRunner run, and it is deterministic given its
+recorded outcomes (see `TopologyKind`), the output is the same on every runner.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import inspect
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from qmcp.agentframework.errors import InvocationFailed
-from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
+from qmcp.agentframework.topologies.base import Slots, SubTopology, TopologyKind, run_nested
+from qmcp.agentframework.topologies.flow import FlowStep
 
 T = TypeVar("T")
 Outcome = dict[str, Any]  # {"ok": output} or {"failed": reason}
@@ -26,17 +28,17 @@ class PendingCall:
     slot: str
     payload: Any
     path: tuple[str, ...] = ()  # the outer slots, for a call inside nested topologies
+    retries: int | None = None  # the call's own retry cap (a pipeline stage's budget)
 
     def as_dict(self) -> dict[str, Any]:
-    retries: int | None = None  # the call's own retry cap (a pipeline stage's budget)
         return {
             "key": self.key,
             "slot": self.slot,
             "payload": self.payload,
             "path": list(self.path),
+            "retries": self.retries,
         }
 
-            "retries": self.retries,
 
 class Pending(BaseException):
     """The program needs these calls answered before it can go on.
@@ -55,16 +57,16 @@ class ReplayContext(Slots):
     def __init__(
         self,
         agents: Mapping[str, Any],
-        outcomes: dict[str, list[Outcome]],
+        outcomes: Mapping[str, list[Outcome]],
         prefix: str = "",
         path: tuple[str, ...] = (),
-        seen: dict[str, int] | None = None,
+        asked: dict[str, int] | None = None,
     ) -> None:
         self.agents = agents
         self.outcomes = outcomes
         self.prefix = prefix
         self.path = path
-        self._seen: dict[str, int] = {} if seen is None else seen
+        self.asked: dict[str, int] = {} if asked is None else asked
 
     async def invoke(
         self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
@@ -73,8 +75,8 @@ class ReplayContext(Slots):
         member = self.agent(slot)
         if isinstance(member, SubTopology):
             return await self._nested(slot, member, payload, key)
-        index = self._seen.get(key, 0)
-        self._seen[key] = index + 1
+        index = self.asked.get(key, 0)
+        self.asked[key] = index + 1
         recorded = self.outcomes.get(key, [])
         if index >= len(recorded):
             raise Pending([PendingCall(key, slot, payload, self.path, retries)])
@@ -84,25 +86,74 @@ class ReplayContext(Slots):
         raise InvocationFailed(key, slot, str(outcome.get("failed", "unknown error")))
 
     async def _nested(self, slot: str, sub: SubTopology, payload: Any, key: str) -> dict[str, Any]:
-        child = ReplayContext(sub.agents, self.outcomes, f"{key}/", (*self.path, slot), self._seen)
+        child = ReplayContext(sub.agents, self.outcomes, f"{key}/", (*self.path, slot), self.asked)
         return await run_nested(child, len(self.path) + 1, slot, sub, payload, key)
 
     async def gather(self, awaitables: Iterable[Awaitable[T]]) -> list[T]:
+        """Every branch in turn; the calls all of them wait for are pending together."""
+        items = list(awaitables)
         results: list[T] = []
         pending: list[PendingCall] = []
-        for item in list(awaitables):
-            try:
-                results.append(await item)
-            except Pending as signal:
-                pending.extend(signal.calls)
+        done = 0
+        try:
+            for item in items:
+                done += 1
+                try:
+                    results.append(await item)
+                except Pending as signal:
+                    pending.extend(signal.calls)
+        finally:
+            for item in items[done:]:
+                if inspect.iscoroutine(item):
+                    item.close()  # a branch failed first: the rest never start
         if pending:
             raise Pending(pending)
         return results
 
 
-def owned(calls: list[PendingCall], patterns: list[str]) -> list[PendingCall]:
-    """The calls whose keys match one of `patterns` (shell-style: `stage-0/*`, `checker_*`)."""
-    return [c for c in calls if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
+@dataclass
+class Replayed:
+    """Where a program stands over some outcomes: its output, or the calls it waits for."""
+
+    output: dict[str, Any] | None
+    pending: list[PendingCall]
+    asked: dict[str, int] = field(default_factory=dict)  # how often it asked for each key
+
+
+async def replay(
+    kind: TopologyKind,
+    config: Any,
+    agents: Mapping[str, Any],
+    input: dict[str, Any],
+    outcomes: Mapping[str, list[Outcome]],
+) -> Replayed:
+    """Run the program over `outcomes`; a topology failure (a QmcpError) propagates."""
+    ctx = ReplayContext(agents, outcomes)
+    try:
+        output = await kind.run(ctx, config, input)
+    except Pending as signal:
+        return Replayed(None, signal.calls, ctx.asked)
+    return Replayed(output, [], ctx.asked)
+
+
+def owned(calls: list[PendingCall], step: FlowStep, branch: str | None = None) -> list[PendingCall]:
+    """The calls `step` owns (in `branch` only, if given), in the order the program asked."""
+    mine = []
+    for call in calls:
+        matched = step.match(call.key)
+        if matched is not None and (branch is None or matched == branch):
+            mine.append(call)
+    return mine
+
+
+def branches(calls: list[PendingCall], step: FlowStep) -> list[str]:
+    """The distinct branches of the calls `step` owns, in order: a foreach step's work list."""
+    found: list[str] = []
+    for call in calls:
+        matched = step.match(call.key)
+        if matched is not None and matched not in found:
+            found.append(matched)
+    return found
 
 
 def resolve_agent(agents: Mapping[str, Any], path: list[str] | tuple[str, ...], slot: str) -> Any:
