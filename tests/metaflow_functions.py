@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from qmcp.agentframework.errors import ProviderError
 from qmcp.agentframework.llm import LLMRequest, register_function
 
 
@@ -30,6 +31,21 @@ def echo(request: LLMRequest) -> str:
     return f"{request.agent_name}@{request.slot}: {request.prompt[:120]}\nconfidence: 0.8"
 
 
+def strict(request: LLMRequest) -> str:
+    """Like `echo`, but reviewers reject an answer until it is a revision (cross_check's path
+    through `revision-1/…`)."""
+    if request.role in ("reviewer", "critic") and "not approved" not in request.prompt:
+        _log(request)
+        return json.dumps({"approved": False, "confidence": 0.9, "issues": ["too short"]})
+    return echo(request)
+
+
+def broken(request: LLMRequest) -> str:
+    """Always fails, permanently (never retried)."""
+    _log(request)
+    raise ProviderError(f"{request.slot} is broken", retryable=False, provider="function")
+
+
 def fail_once(request: LLMRequest) -> str:
     """Fails for the slot named in `fail_slot` until the file `healed` exists."""
     _log(request)
@@ -41,4 +57,6 @@ def fail_once(request: LLMRequest) -> str:
 
 
 register_function("mf_echo", echo)
+register_function("mf_strict", strict)
+register_function("mf_broken", broken)
 register_function("mf_fail_once", fail_once)
