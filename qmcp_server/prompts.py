@@ -27,11 +27,13 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         topologies = await service.list_topologies(db_url)
         known_agents = ", ".join(f"{a.name} ({a.role})" for a in agents) or "none yet"
         known_topologies = ", ".join(t.name for t, _ in topologies) or "none yet"
-        kinds = "; ".join(f"{k['topology_type']}: {k['summary']}" for k in service.topology_kinds())
+        kinds = "".join(
+            f"- {k['topology_type']}: {k['summary']}\n" for k in service.topology_kinds()
+        )
         return (
             f"Use the qmcp tools to handle this request with a {style} of agents:\n\n{request}\n\n"
             f"Existing agents: {known_agents}. Existing topologies: {known_topologies}.\n"
-            f"Topology kinds: {kinds}.\n"
+            f"Topology kinds:\n{kinds}"
             "1. Reuse a fitting topology, or create agents with agents_create (pick roles; model "
             "'offline' needs no key) and compose them with topologies_create (pipeline: one slot "
             "per stage in order; ensemble: slots ensemble_0, ensemble_1, … plus aggregator with "
