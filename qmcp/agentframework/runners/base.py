@@ -154,6 +154,7 @@ class PreparedRun:
     checkpoints: dict[str, dict[str, Any]]
     previous_ms: int
     setups: dict[int, AgentSetup] = field(default_factory=dict)
+    turns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def execution_id(self) -> uuid.UUID:
@@ -229,6 +230,7 @@ class BaseRunner:
         kind = TopologyRegistry.get(topology.topology_type)
         config = kind.parse_config(topology.config)
         checkpoints = await self.store.checkpoints(ident)
+        turns = await self.store.turns(ident)
         return PreparedRun(
             execution,
             kind,
@@ -237,6 +239,7 @@ class BaseRunner:
             execution.input,
             checkpoints,
             execution.duration_ms or 0,
+            turns=turns,
         )
 
     async def resume(
@@ -259,6 +262,7 @@ class BaseRunner:
             on_event,
             prepared.previous_ms,
             prepared.setups,
+            prepared.turns,
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -274,6 +278,7 @@ class BaseRunner:
         on_event: EventHandler | None,
         previous_ms: int,
         setups: dict[int, AgentSetup] | None = None,
+        turns: dict[str, list[dict[str, Any]]] | None = None,
     ) -> RunResult:
         cfg = self.config
         engine = Engine(
@@ -286,6 +291,7 @@ class BaseRunner:
             on_event=on_event,
             total=kind.estimate(config, list(agents)),
             setups=setups,
+            turns=turns,
         )
         started_at = utcnow()
         t0 = time.perf_counter()

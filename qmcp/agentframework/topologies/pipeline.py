@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from qmcp.agentframework.errors import InvocationFailed
 from qmcp.agentframework.models import PipelineConfig, TopologyType
 from qmcp.agentframework.topologies.base import (
     Output,
@@ -49,20 +48,13 @@ def flow_shape(config: PipelineConfig, slots: list[str]) -> list[FlowStep]:
 
 async def run(ctx: RunContext, config: PipelineConfig, input: dict[str, Any]) -> Output:
     stages = stage_order(config, ctx.slots())
+    # A stage's retry budget is its invocation's: one policy, transient errors only.
     retries = config.max_stage_retries if config.retry_failed_stages else 0
     previous: Output | None = None
     results = []
     for index, slot in enumerate(stages):
         payload = stage_payload(previous, input, index)
-        key = f"stage-{index}/{slot}"
-        for stage_attempt in range(retries + 1):
-            try:
-                previous = await ctx.invoke(slot, payload, key=key)
-                break
-            except InvocationFailed:
-                if stage_attempt == retries:
-                    raise
-        assert previous is not None
+        previous = await ctx.invoke(slot, payload, key=f"stage-{index}/{slot}", retries=retries)
         results.append(
             {"stage": slot, "agent": previous.get("agent"), "content": previous["content"]}
         )
