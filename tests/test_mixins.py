@@ -129,7 +129,7 @@ def test_registry_resolves_dependencies_in_order_and_rejects_cycles() -> None:
         dependencies: ClassVar[tuple[str, ...]] = ("t_loop_a",)
 
     for mixin in (First, Second, LoopA, LoopB):
-        MixinRegistry.register(mixin)
+        MixinRegistry.add(mixin)
     try:
         resolved = MixinRegistry.resolve([CapabilityConfig(name="t_second")])
         assert [m.name for m in resolved] == ["t_first", "t_second"]

@@ -107,7 +107,7 @@ async def test_a_crashing_branch_cancels_its_siblings(db_url: str) -> None:
         finished.append(request.slot)
         return "late"
 
-    MixinRegistry.register(Buggy)
+    MixinRegistry.add(Buggy)
     register_function("boom_slow", slow)
     try:
         agents = {
@@ -238,8 +238,8 @@ async def test_retry_policy_uses_retry_after_capped_and_backoff_otherwise() -> N
 
 
 def test_every_provider_declares_what_it_can_do() -> None:
-    for name in ProviderRegistry.names():
-        provider = ProviderRegistry.get(name)
+    for name in ProviderRegistry.list():
+        provider = ProviderRegistry.provider(name)
         assert isinstance(provider, Provider), name
         assert isinstance(provider.capabilities("any"), ProviderCapabilities), name
         for hidden in ("self_retrying", "begin"):
@@ -255,7 +255,7 @@ class Shouting(WrapperProvider):
 
 
 async def test_a_wrapper_provider_registers_and_runs_like_any_other(db_url: str) -> None:
-    ProviderRegistry.register("shouting", lambda: Shouting(ProviderRegistry.get("offline")))
+    ProviderRegistry.register("shouting", lambda: Shouting(ProviderRegistry.provider("offline")))
     try:
         model = ModelConfig(provider="shouting", model="offline")
         loud = AgentType(
@@ -267,7 +267,7 @@ async def test_a_wrapper_provider_registers_and_runs_like_any_other(db_url: str)
         assert result.output["content"] == result.output["content"].upper()
         assert "[OFFLINE MODEL]" in result.output["content"]
     finally:
-        ProviderRegistry._factories.pop("shouting", None)
+        ProviderRegistry.unregister("shouting")
         ProviderRegistry.reset()
 
 

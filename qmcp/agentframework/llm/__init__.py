@@ -32,10 +32,6 @@ from qmcp.agentframework.llm.wrappers import (
     WrapperProvider,
 )
 
-ProviderRegistry.register("anthropic", AnthropicProvider)
-ProviderRegistry.register("offline", OfflineProvider)
-ProviderRegistry.register("function", FunctionProvider)
-
 __all__ = [
     "PRICES_AS_OF",
     "PRICES_SOURCE",

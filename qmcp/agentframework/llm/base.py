@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qmcp.agentframework.errors import ValidationError, known
+from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.registry import Registry
 
 
 class TextBlock(BaseModel):
@@ -176,43 +177,43 @@ class Provider(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
 
-class ProviderRegistry:
-    """Provider factories by name; instances are made on first use and cached."""
+ProviderFactory = Callable[[], Provider]
 
-    _factories: ClassVar[dict[str, Callable[[], Provider]]] = {}
-    _instances: ClassVar[dict[str, Provider]] = {}
 
-    @classmethod
-    def register(cls, name: str, factory: Callable[[], Provider]) -> None:
-        cls._factories[name] = factory
-        cls._instances.pop(name, None)
+class _Providers(Registry[ProviderFactory]):
+    """Provider factories by name; `provider(name)` makes the instance on first use."""
 
-    @classmethod
-    def get(cls, name: str) -> Provider:
-        provider = cls._instances.get(name)
-        if provider is None:
-            factory = cls._factories.get(name)
-            if factory is None:
-                if name == "sampling":
-                    raise ValidationError(
-                        "the sampling model is answered by the MCP client that runs the "
-                        "topology, so it exists only inside the MCP server (qmcp-server); run "
-                        "this topology from an MCP client, or give the agent another model"
-                    )
-                raise ValidationError(
-                    f"unknown model provider {name!r}; known: {known(sorted(cls._factories))}"
-                )
-            provider = cls._instances[name] = factory()
-        return provider
+    def __init__(self) -> None:
+        super().__init__("model provider", hint="`qmcp info`")
+        self._instances: dict[str, Provider] = {}
 
-    @classmethod
-    def names(cls) -> list[str]:
-        return sorted(cls._factories)
+    def register(self, name: str, item: ProviderFactory) -> ProviderFactory:
+        self._instances.pop(name, None)
+        return super().register(name, item)
 
-    @classmethod
-    def reset(cls) -> None:
-        """Drop cached instances (tests; a changed environment such as a new base URL)."""
-        cls._instances.clear()
+    def get(self, name: str) -> ProviderFactory:
+        if name == "sampling" and name not in self._items:
+            raise ValidationError(
+                "the sampling model is answered by the MCP client that runs the topology, so it "
+                "exists only inside the MCP server (qmcp-server); run this topology from an MCP "
+                "client, or give the agent another model"
+            )
+        return super().get(name)
+
+    def provider(self, name: str) -> Provider:
+        instance = self._instances.get(name)
+        if instance is None:
+            instance = self._instances[name] = self.get(name)()
+        return instance
+
+    def reset(self) -> None:
+        """Drop cached instances (a changed environment such as a new base URL) and what was
+        registered after the plugins loaded."""
+        self._instances.clear()
+        super().reset()
+
+
+ProviderRegistry = _Providers()
 
 
 def count_tokens(text: str) -> int:

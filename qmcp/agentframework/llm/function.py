@@ -13,26 +13,29 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Union
 
-from qmcp.agentframework.errors import ConfigurationError, ProviderError, known
+from qmcp.agentframework.errors import ConfigurationError, ProviderError
 from qmcp.agentframework.llm.base import (
     LLMRequest,
     LLMResponse,
     ProviderCapabilities,
     count_tokens,
 )
+from qmcp.agentframework.registry import Registry
 
 Reply = Union[str, LLMResponse]  # noqa: UP007 - runtime alias
 AgentFunction = Callable[[LLMRequest], Reply | Awaitable[Reply]]
 
-_FUNCTIONS: dict[str, AgentFunction] = {}
+FUNCTIONS: Registry[AgentFunction] = Registry(
+    "function", hint="qmcp.agentframework.llm.register_function", missing=ConfigurationError
+)
 
 
 def register_function(name: str, fn: AgentFunction) -> None:
-    _FUNCTIONS[name] = fn
+    FUNCTIONS.register(name, fn)
 
 
 def unregister_function(name: str) -> None:
-    _FUNCTIONS.pop(name, None)
+    FUNCTIONS.unregister(name)
 
 
 class FunctionProvider:
@@ -41,19 +44,12 @@ class FunctionProvider:
     name = "function"
 
     def capabilities(self, model: str) -> ProviderCapabilities:
-        fn = _FUNCTIONS.get(model)
+        fn = FUNCTIONS.find(model)
         inline = fn is not None and not inspect.iscoroutinefunction(fn)
         return ProviderCapabilities(tools=True, temperature=True, answers_inline=inline)
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        fn = _FUNCTIONS.get(request.model)
-        if fn is None:
-            raise ConfigurationError(
-                f"no function registered as {request.model!r}; register it with "
-                f"qmcp.agentframework.llm.register_function (registered: "
-                f"{known(sorted(_FUNCTIONS)) or 'none'})",
-                provider=self.name,
-            )
+        fn = FUNCTIONS.get(request.model)
         try:
             reply = fn(request)
             if inspect.isawaitable(reply):

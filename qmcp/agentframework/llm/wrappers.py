@@ -14,11 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from qmcp.agentframework.errors import ProviderError
 from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, Provider, ProviderCapabilities
-from qmcp.agentframework.models import utcnow
 
 
 class WrapperProvider:
@@ -90,7 +89,7 @@ class RecordingProvider(WrapperProvider):
         self.on_attempt = on_attempt
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        started = utcnow()
+        started = datetime.now(UTC)
         t0 = time.perf_counter()
         try:
             response = await self.wrapped.complete(request)

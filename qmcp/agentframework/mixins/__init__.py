@@ -12,9 +12,6 @@ from qmcp.agentframework.mixins.memory import Memory
 from qmcp.agentframework.mixins.reasoning import Reasoning
 from qmcp.agentframework.mixins.structured_output import StructuredOutput
 
-for _mixin in (Reasoning, StructuredOutput, Memory, HumanInLoop):
-    MixinRegistry.register(_mixin)
-
 __all__ = [
     "HumanInLoop",
     "Memory",

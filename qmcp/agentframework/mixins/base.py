@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import QmcpError, ValidationError, known
+from qmcp.agentframework.errors import QmcpError, ValidationError
+from qmcp.agentframework.registry import Registry
 
 if TYPE_CHECKING:
     import uuid
@@ -69,34 +70,17 @@ class Mixin:
         """Runs on every use of a recorded answer, fresh or from a checkpoint (approvals)."""
 
 
-class MixinRegistry:
-    _mixins: ClassVar[dict[str, type[Mixin]]] = {}
+class _Mixins(Registry[type[Mixin]]):
+    """Mixin classes by name; `resolve` turns an agent's capabilities into instances."""
 
-    @classmethod
-    def register(cls, mixin: type[Mixin]) -> type[Mixin]:
-        cls._mixins[mixin.name] = mixin
-        return mixin
+    def __init__(self) -> None:
+        super().__init__("mixin", hint="`qmcp agents mixins`")
 
-    @classmethod
-    def get(cls, name: str) -> type[Mixin]:
-        try:
-            return cls._mixins[name]
-        except KeyError:
-            raise ValidationError(
-                f"unknown mixin {name!r}; known: {known(sorted(cls._mixins)) or 'none'} "
-                "(see `qmcp agents mixins`)"
-            ) from None
+    def add(self, mixin: type[Mixin]) -> type[Mixin]:
+        """Register a mixin class under its `name` (usable as a class decorator)."""
+        return self.register(mixin.name, mixin)
 
-    @classmethod
-    def names(cls) -> list[str]:
-        return sorted(cls._mixins)
-
-    @classmethod
-    def unregister(cls, name: str) -> None:
-        cls._mixins.pop(name, None)
-
-    @classmethod
-    def resolve(cls, capabilities: list[CapabilityConfig]) -> list[Mixin]:
+    def resolve(self, capabilities: list[CapabilityConfig]) -> list[Mixin]:
         """Enabled mixins with their dependencies, dependencies first; cycles are rejected."""
         configs = {c.name: c.config for c in capabilities if c.enabled}
         ordered: list[str] = []
@@ -109,7 +93,7 @@ class MixinRegistry:
                 cycle = " -> ".join([*visiting[visiting.index(name) :], name])
                 raise ValidationError(f"mixin dependencies form a cycle: {cycle}")
             visiting.append(name)
-            for dependency in cls.get(name).dependencies:
+            for dependency in self.get(name).dependencies:
                 visit(dependency)
             visiting.pop()
             ordered.append(name)
@@ -118,7 +102,7 @@ class MixinRegistry:
             visit(name)
         instances = []
         for name in ordered:
-            mixin = cls.get(name)
+            mixin = self.get(name)
             try:
                 config = mixin.config_model.model_validate(configs.get(name, {}))
             except PydanticValidationError as exc:
@@ -130,8 +114,7 @@ class MixinRegistry:
             instances.append(mixin(config))
         return instances
 
-    @classmethod
-    def describe(cls) -> list[dict[str, Any]]:
+    def describe(self) -> list[dict[str, Any]]:
         return [
             {
                 "name": m.name,
@@ -140,5 +123,8 @@ class MixinRegistry:
                 "dependencies": list(m.dependencies),
                 "config_schema": m.config_model.model_json_schema(),
             }
-            for m in sorted(cls._mixins.values(), key=lambda m: m.name)
+            for m in sorted(self.items(), key=lambda m: m.name)
         ]
+
+
+MixinRegistry = _Mixins()

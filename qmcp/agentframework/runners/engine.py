@@ -88,7 +88,7 @@ class AgentSetup(NamedTuple):
 
 def agent_setup(agent: AgentType) -> AgentSetup:
     config = AgentConfig.model_validate(agent.config or {})
-    ProviderRegistry.get(config.model_config_obj.provider)  # an unknown provider fails at start
+    ProviderRegistry.get(config.model_config_obj.provider)  # unknown: fails at the start
     mixins = MixinRegistry.resolve(config.capabilities)
     return AgentSetup(config, mixins, system_prompt_for(agent, config))
 
@@ -281,7 +281,7 @@ class Engine:
         """The agent's provider wrapped for this invocation. A provider that answers inline gets
         no timeout and no concurrency slot: there is nothing either could bound."""
         model = setup.config.model_config_obj
-        provider: Provider = ProviderRegistry.get(model.provider)
+        provider: Provider = ProviderRegistry.provider(model.provider)
         if not provider.capabilities(model.model).answers_inline:
             # A moment beyond the agent's timeout, so a provider that times its own requests
             # (an SDK) reports it in its own words.
