@@ -1,9 +1,10 @@
 """The MCP server: tools by area (`qmcp_server.tools`), resources and prompts, each a thin call
 into the service layer (`qmcp.agentframework.service`), which the CLI calls too.
 
-Building a server imports neither SQLModel nor SQLAlchemy: the service layer is imported by the
-first tool call that needs it, so a stdio client gets `initialize` and `tools/list` answered as
-fast as by an empty MCPServer. The transports live elsewhere: `server.run_stdio()` here, HTTP in
+Building a server imports neither SQLModel nor SQLAlchemy nor any plugin: the service layer is
+imported by the first tool call that needs it, and the registries load the plugins on their first
+look-up, so a stdio client gets `initialize` and `tools/list` answered about as fast as by an
+empty MCPServer. The transports live elsewhere: `server.run_stdio()` here, HTTP in
 `qmcp_server.http`, which wraps a server built here; neither module imports the other.
 """
 
@@ -20,7 +21,6 @@ from mcp.server.mcpserver import MCPServer
 
 from qmcp import __version__
 from qmcp.agentframework.llm import ProviderRegistry
-from qmcp.agentframework.plugins import load_plugins
 from qmcp_server import prompts, resources, tools
 from qmcp_server.sampling import SamplingProvider
 from qmcp_server.state import ServerState
@@ -39,8 +39,9 @@ runs: topologies_run with wait=false returns an execution id at once; poll execu
 def build_server(db_url: str | None = None) -> MCPServer:
     """A server over the database at `db_url` (default: QMCP_DATABASE_URL or ./agent.db)."""
     state = ServerState(db_url)
+    # Registering loads no plugins; the registries load them (QMCP_PLUGINS included) on their
+    # first look-up, which a tool call makes, so `tools/list` pays for none of them.
     ProviderRegistry.register("sampling", SamplingProvider)
-    load_plugins()
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
