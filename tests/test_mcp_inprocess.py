@@ -381,7 +381,7 @@ async def test_prompt_and_listing_tools(db_url: str) -> None:
         prompt = await client.get_prompt("run_workflow", {"request": "compare two laptops"})
         text = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert "compare two laptops" in text and "pipe_doer" in text
-        for kind in TopologyRegistry.list():  # the kinds come from the registry, as they are
+        for kind in TopologyRegistry.items():  # the kinds come from the registry, as they are
             assert f"{kind.type.value}: {kind.summary}" in text
         assert {m["name"] for m in (await call(client, "mixins_list"))["mixins"]} >= {
             "reasoning",

@@ -350,7 +350,7 @@ async def test_a_kind_without_a_flow_shape_runs_in_the_end_step(
     topology, agents = build("cross_check")
     kind = TopologyRegistry.get(topology.topology_type)
     monkeypatch.setitem(
-        TopologyRegistry._kinds, kind.type, dataclasses.replace(kind, flow_shape=None)
+        TopologyRegistry._items, kind.type.value, dataclasses.replace(kind, flow_shape=None)
     )
     runner = MetaflowRunner(output_dir=tmp_path, db_url=db_url)
     flow, tasks = await asyncio.to_thread(
@@ -459,6 +459,39 @@ def test_resource_names_and_values_are_checked(tmp_path: Path) -> None:
 # -- real Metaflow runs (slow) --------------------------------------------------------------
 
 
+HOSTILE = [
+    'x"); import os; os.system("echo pwned") #',
+    "tri'''ple\"\"\"quotes",
+    "back\\slash\\n and \n real newline",
+    "ünïcödé ✓ 名前 # not a comment",
+    "{__import__('os').getcwd()}",
+]
+HOSTILE_SLOT = "ensemble_\"'''; import sys #"
+HOSTILE_INPUT = {"prompt": HOSTILE[2], "extra": HOSTILE[3]}
+
+
+def hostile_case() -> tuple[Topology, dict[str, Any]]:
+    """An ensemble whose names, descriptions, prompts and one slot are code-like text."""
+    model = MODELS["echo"]
+    agents = {
+        f"ensemble_{i}": AgentType(
+            name=text,
+            description=text,
+            role=AgentRole.SPECIALIST,
+            config=AgentConfig(model_config_obj=model, system_prompt=text).model_dump(mode="json"),
+        )
+        for i, text in enumerate(HOSTILE)
+    }
+    agents[HOSTILE_SLOT] = agents.pop("ensemble_4")
+    topology = Topology(
+        name=HOSTILE[0],
+        description=HOSTILE[1],
+        topology_type=TopologyType.ENSEMBLE,
+        config={"aggregation_method": "concat"},
+    )
+    return topology, agents
+
+
 @dataclass
 class Flowed:
     """One case run on every runner, with what the assertions read back."""
@@ -472,6 +505,7 @@ class Flowed:
     flow_rows: list[Any]
     record: Any
     tasks: dict[str, int]  # Metaflow tasks per step of the flow's run
+    cwd: Path
 
 
 def metaflow_tasks(datastore: Path, flow_file: str, run_id: str) -> dict[str, int]:
@@ -488,7 +522,8 @@ def metaflow_tasks(datastore: Path, flow_file: str, run_id: str) -> dict[str, in
 
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Flowed]]:
-    """Every kind once on LocalRunner, AsyncRunner and MetaflowRunner (flows three at a time)."""
+    """Every kind, and the hostile ensemble, once on LocalRunner, AsyncRunner and MetaflowRunner
+    (Metaflow runs two at a time), for the assertions below to share."""
     root = tmp_path_factory.mktemp("metaflow_flows")
     (root / "state").mkdir()
     db_url = f"sqlite+aiosqlite:///{root}/agent.db"
@@ -506,20 +541,20 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Flowed
 
 
 async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
-    bound = asyncio.Semaphore(3)
+    bound = asyncio.Semaphore(2)  # the machine's cores; more only adds contention
     store = Store(db_url)
 
     async def one(name: str) -> Flowed:
-        topology, agents = build(name)
-        local = await LocalRunner(db_url=db_url).run(topology, agents, INPUT)
-        concurrent = await AsyncRunner(db_url=db_url, max_concurrent=4).run(topology, agents, INPUT)
+        topology, agents = hostile_case() if name == "hostile" else build(name)
+        data = HOSTILE_INPUT if name == "hostile" else INPUT
+        local = await LocalRunner(db_url=db_url).run(topology, agents, data)
+        concurrent = await AsyncRunner(db_url=db_url, max_concurrent=4).run(topology, agents, data)
         async with bound:
             flowed = await MetaflowRunner(output_dir=root / "flows", db_url=db_url).run(
-                topology, agents, INPUT
+                topology, agents, data
             )
         record = await store.get_execution(flowed.execution_id)
         info = record.snapshot.get("metaflow", {})
-        tasks = metaflow_tasks(root / "metaflow", info["flow_file"], info["run_id"])
         return Flowed(
             topology,
             agents,
@@ -529,14 +564,41 @@ async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
             await store.invocations(local.execution_id),
             await store.invocations(flowed.execution_id),
             record,
-            tasks,
+            metaflow_tasks(root / "metaflow", info["flow_file"], info["run_id"]),
+            root,
         )
 
+    names = [*KINDS, "hostile"]
     try:
-        done = await asyncio.gather(*(one(name) for name in KINDS))
+        done = await asyncio.gather(*(one(name) for name in names))
     finally:
         await store.close()
-    return dict(zip(KINDS, done, strict=True))
+    return dict(zip(names, done, strict=True))
+
+
+@slow
+def test_hostile_names_and_text_are_data_not_code(flows: dict[str, Flowed], tmp_path: Path) -> None:
+    ran = flows["hostile"]
+    runner = MetaflowRunner(output_dir=tmp_path)
+    source = runner._topology_to_flow(ran.topology, ran.agents)
+    for text in HOSTILE:
+        assert text not in source
+    path = runner.write_flow(ran.topology, ran.agents, tmp_path / "hostile_flow.py")
+    check = subprocess.run(
+        [sys.executable, str(path), "--quiet", "check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "USERNAME": "qmcp-tests"},
+    )
+    assert check.returncode == 0, check.stderr
+    assert ran.flowed.status == "completed", ran.flowed.error
+    assert ran.flowed.output == ran.local.output
+    assert HOSTILE[0] in ran.flowed.output["content"]
+    assert HOSTILE_SLOT in ran.flowed.output["content"]
+    assert ran.record.snapshot["metaflow"]["steps"][HOSTILE_SLOT] == "s0_members"
+    assert ran.tasks["s0_members"] == len(ran.agents), "a branch per member, the hostile one too"
+    assert not (ran.cwd / "pwned").exists()
 
 
 @slow
@@ -635,59 +697,6 @@ async def test_resume_runs_only_what_did_not_finish(
     }
 
 
-HOSTILE = [
-    'x"); import os; os.system("echo pwned") #',
-    "tri'''ple\"\"\"quotes",
-    "back\\slash\\n and \n real newline",
-    "ünïcödé ✓ 名前 # not a comment",
-    "{__import__('os').getcwd()}",
-]
-
-
-@slow
-async def test_hostile_names_and_text_are_data_not_code(
-    metaflow_env: Path, db_url: str, tmp_path: Path
-) -> None:
-    model = ModelConfig(provider="function", model="mf_echo")
-    agents = {
-        f"ensemble_{i}": AgentType(
-            name=text,
-            description=text,
-            role=AgentRole.SPECIALIST,
-            config=AgentConfig(model_config_obj=model, system_prompt=text).model_dump(mode="json"),
-        )
-        for i, text in enumerate(HOSTILE)
-    }
-    hostile_slot = "ensemble_\"'''; import sys #"
-    agents[hostile_slot] = agents.pop("ensemble_4")
-    topology = Topology(
-        name=HOSTILE[0],
-        description=HOSTILE[1],
-        topology_type=TopologyType.ENSEMBLE,
-        config={"aggregation_method": "concat"},
-    )
-    runner = MetaflowRunner(output_dir=tmp_path / "flows", db_url=db_url)
-    source = runner._topology_to_flow(topology, agents)
-    for text in HOSTILE:
-        assert text not in source
-    path = runner.write_flow(topology, agents, tmp_path / "hostile_flow.py")
-    check = subprocess.run(
-        [sys.executable, str(path), "--quiet", "check"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "USERNAME": "qmcp-tests"},
-    )
-    assert check.returncode == 0, check.stderr
-    data = {"prompt": HOSTILE[2], "extra": HOSTILE[3]}
-    flowed = await runner.run(topology, agents, data)
-    local = await LocalRunner(db_url=db_url).run(topology, agents, data)
-    assert flowed.status == "completed", flowed.error
-    assert flowed.output == local.output
-    assert HOSTILE[0] in flowed.output["content"] and hostile_slot in flowed.output["content"]
-    assert not (tmp_path / "pwned").exists()
-
-
 @slow
 def test_cluster_environments_add_decorators_and_pass_check(tmp_path: Path) -> None:
     model = Models.OFFLINE
@@ -758,19 +767,15 @@ def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
     generated = cli("agents", "topologies", "flow", "my_debate")
     assert generated.returncode == 0, generated.stderr
     flow = tmp_path / "generated_flows" / "my_debate_flow.py"
-    run = subprocess.run(
+    # The spec's two ways side by side: the flow file run directly, and the CLI's metaflow runner.
+    direct = subprocess.Popen(
         [sys.executable, str(flow), "run", "--input-json", '{"topic": "AI"}'],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=300,
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    listed = cli("executions", "list", "--format", "json")
-    executions = json.loads(listed.stdout)
-    assert executions[0]["runner_type"] == "metaflow" and executions[0]["status"] == "completed"
-    assert executions[0]["input"] == {"topic": "AI"}
     ran = cli(
         "agents",
         "topologies",
@@ -781,5 +786,12 @@ def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
         "--runner",
         "metaflow",
     )
+    _, stderr = direct.communicate(timeout=300)
+    assert direct.returncode == 0, stderr[-2000:]
     assert ran.returncode == 0, ran.stderr
     assert "completed my_debate on metaflow" in ran.stdout
+    executions = json.loads(cli("executions", "list", "--format", "json").stdout)
+    assert len(executions) == 2
+    for execution in executions:
+        assert execution["runner_type"] == "metaflow" and execution["status"] == "completed"
+        assert execution["input"] == {"topic": "AI"}

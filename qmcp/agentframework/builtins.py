@@ -19,6 +19,13 @@ from qmcp.agentframework.mixins import (
     Reasoning,
     StructuredOutput,
 )
+from qmcp.agentframework.runners import (
+    AsyncRunner,
+    LocalRunner,
+    MetaflowRunner,
+    RunnerRegistry,
+)
+from qmcp.agentframework.topologies import BUILTIN_KINDS, TopologyRegistry
 
 
 def register() -> None:
@@ -27,6 +34,12 @@ def register() -> None:
     ProviderRegistry.register("function", FunctionProvider)
     for mixin in (Reasoning, StructuredOutput, Memory, HumanInLoop):
         MixinRegistry.add(mixin)
+    for kind in BUILTIN_KINDS:
+        TopologyRegistry.add(kind)
+    # The runners' `@runner` registered them when their modules were imported; registering
+    # them here again makes them part of what `RunnerRegistry.reset` returns to.
+    for runner_cls in (LocalRunner, AsyncRunner, MetaflowRunner):
+        RunnerRegistry.add(runner_cls)
 
 
 register()

@@ -3,13 +3,13 @@ mixins, runners and functions.
 
 A registry is filled by plugins (`plugins.py`): the built-in one (`qmcp.agentframework.builtins`)
 first, then the `qmcp.plugins` entry points of installed distributions, then the modules named in
-`QMCP_PLUGINS`. They are loaded once, on the first look-up or registration, so a program that
-imports only what it needs (a Metaflow step, the stdio server answering `tools/list`) pays for
-nothing else.
+`QMCP_PLUGINS`. They are loaded once, on the first look-up, so a program that imports only what it
+needs (a Metaflow step, the stdio server answering `tools/list`) pays for nothing else.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -45,10 +45,11 @@ class Registry(Generic[T]):
         return self.normalize(name) if self.normalize is not None else name
 
     def register(self, name: str, item: T) -> T:
-        """Add or replace `name`; plugins load first, so a plugin may replace a built-in."""
-        from qmcp.agentframework.plugins import load_plugins, loading_builtins
+        """Add or replace `name`. Registering loads no plugins (a class decorator may register
+        while its module is still being imported); what plugins register while they load is
+        what `reset` returns to."""
+        from qmcp.agentframework.plugins import loading_builtins
 
-        load_plugins()
         key = self._key(name)
         self._items[key] = item
         if loading_builtins():
@@ -78,14 +79,14 @@ class Registry(Generic[T]):
         except (ValueError, QmcpError):
             return None
 
-    def list(self) -> list[str]:
+    def list(self) -> builtins.list[str]:
         """The registered names, in registration order."""
         from qmcp.agentframework.plugins import load_plugins
 
         load_plugins()
         return list(self._items)
 
-    def items(self) -> list[T]:
+    def items(self) -> builtins.list[T]:
         from qmcp.agentframework.plugins import load_plugins
 
         load_plugins()

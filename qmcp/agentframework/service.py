@@ -232,7 +232,7 @@ def topology_kinds() -> list[dict[str, str]]:
     """The topology kinds this installation runs, in registration order, with their summaries."""
     return [
         {"topology_type": kind.type.value, "summary": kind.summary}
-        for kind in TopologyRegistry.list()
+        for kind in TopologyRegistry.items()
     ]
 
 

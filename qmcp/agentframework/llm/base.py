@@ -170,7 +170,8 @@ class Provider(Protocol):
     cannot answer; it does not retry, time out or limit itself: wrappers do that.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def capabilities(self, model: str) -> ProviderCapabilities: ...
 

@@ -16,7 +16,7 @@ import anyio
 from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
-from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError, known
+from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError
 from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.models import (
     AgentType,
@@ -25,6 +25,7 @@ from qmcp.agentframework.models import (
     Topology,
     utcnow,
 )
+from qmcp.agentframework.registry import Registry
 from qmcp.agentframework.runners.engine import (
     AgentSetup,
     Engine,
@@ -431,41 +432,28 @@ def validate_agent_config(slot: str, agent: AgentType) -> AgentSetup:
 R = TypeVar("R", bound=type[BaseRunner])
 
 
-class RunnerRegistry:
+class _Runners(Registry[type[BaseRunner]]):
     """Runner classes by `runner_type`."""
 
-    _runners: ClassVar[dict[str, type[BaseRunner]]] = {}
+    def __init__(self) -> None:
+        super().__init__("runner", hint="`qmcp agents runners`", missing=NotFoundError)
 
-    @classmethod
-    def register(cls, runner_cls: R) -> R:
+    def add(self, runner_cls: R) -> R:
         name = getattr(runner_cls, "runner_type", None)
         if not name or name == "base":
             raise ValidationError(f"{runner_cls.__name__} must set a runner_type")
-        cls._runners[name] = runner_cls
+        self.register(name, runner_cls)
         return runner_cls
 
-    @classmethod
-    def get(cls, runner_type: str) -> type[BaseRunner]:
-        try:
-            return cls._runners[runner_type]
-        except KeyError:
-            raise NotFoundError(
-                f"unknown runner {runner_type!r}; known: {known(cls.list())}"
-            ) from None
+    def create(
+        self, runner_type: str, config: RunConfig | None = None, **kwargs: Any
+    ) -> BaseRunner:
+        return self.get(runner_type)(config=config, **kwargs)
 
-    @classmethod
-    def list(cls) -> list[str]:
-        return list(cls._runners)
 
-    @classmethod
-    def create(cls, runner_type: str, config: RunConfig | None = None, **kwargs: Any) -> BaseRunner:
-        return cls.get(runner_type)(config=config, **kwargs)
-
-    @classmethod
-    def unregister(cls, runner_type: str) -> None:
-        cls._runners.pop(runner_type, None)
+RunnerRegistry = _Runners()
 
 
 def runner(cls: R) -> R:
     """Class decorator: register a `BaseRunner` subclass under its `runner_type`."""
-    return RunnerRegistry.register(cls)
+    return RunnerRegistry.add(cls)

@@ -22,17 +22,17 @@ from qmcp.agentframework.topologies.cross_check import CrossCheckConfig
 from qmcp.agentframework.topologies.debate import DebateConfig
 from qmcp.agentframework.topologies.delegation import DelegationConfig
 
-for _kind in (
+BUILTIN_KINDS = (
     pipeline.KIND,
     ensemble.KIND,
     debate.KIND,
     cross_check.KIND,
     chain_of_command.KIND,
     delegation.KIND,
-):
-    TopologyRegistry.register(_kind)
+)
 
 __all__ = [
+    "BUILTIN_KINDS",
     "MAX_NESTING",
     "ChainOfCommandConfig",
     "CrossCheckConfig",

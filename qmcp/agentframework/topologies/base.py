@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -22,6 +22,7 @@ from qmcp.agentframework.errors import (
     known,
 )
 from qmcp.agentframework.models import AgentType, TopologyType
+from qmcp.agentframework.registry import Registry
 from qmcp.agentframework.topologies.flow import FlowShape
 
 T = TypeVar("T")
@@ -105,30 +106,21 @@ class TopologyKind:
         return config
 
 
-class TopologyRegistry:
-    """The topology kinds this installation can run."""
+class _Kinds(Registry[TopologyKind]):
+    """The topology kinds this installation can run, by type (aliases accepted)."""
 
-    _kinds: ClassVar[dict[TopologyType, TopologyKind]] = {}
+    def __init__(self) -> None:
+        super().__init__(
+            "topology type",
+            hint="`qmcp agents topologies create --help`",
+            normalize=lambda name: TopologyType.parse(name).value,
+        )
 
-    @classmethod
-    def register(cls, kind: TopologyKind) -> TopologyKind:
-        cls._kinds[kind.type] = kind
-        return kind
+    def add(self, kind: TopologyKind) -> TopologyKind:
+        return self.register(kind.type.value, kind)
 
-    @classmethod
-    def get(cls, topology_type: str | TopologyType) -> TopologyKind:
-        parsed = TopologyType.parse(topology_type)
-        kind = cls._kinds.get(parsed)
-        if kind is None:
-            raise ValidationError(
-                f"topology type {parsed.value!r} is not available in this version; "
-                f"available: {known(k.value for k in cls._kinds)}"
-            )
-        return kind
 
-    @classmethod
-    def list(cls) -> list[TopologyKind]:
-        return list(cls._kinds.values())
+TopologyRegistry = _Kinds()
 
 
 def describe_validation_error(exc: PydanticValidationError) -> str:
