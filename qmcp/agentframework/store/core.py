@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import SQLModel, col
 
@@ -55,20 +55,26 @@ INVOCATIONS = _table(Invocation)
 TURNS = _table(InvocationTurn)
 MEMORIES = _table(AgentMemory)
 APPROVALS = _table(Approval)
-# Built once: SQLAlchemy then finds their compiled form in its cache at once.
+# The statements of the hot path, built once with their parameters left open: building a
+# statement costs more than running it, and SQLAlchemy finds a built one's compiled form at once.
 _INSERT_INVOCATIONS = insert(INVOCATIONS)
 _INSERT_TURNS = insert(TURNS)
 _INSERT_EXECUTION = insert(EXECUTIONS)
+# The columns to set are the parameters given with it, besides `ident`.
+_UPDATE_EXECUTION = update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("ident"))
 _TOTALS = (
     func.count(INVOCATIONS.c.id),
     func.coalesce(func.sum(INVOCATIONS.c.input_tokens), 0),
     func.coalesce(func.sum(INVOCATIONS.c.output_tokens), 0),
     func.sum(INVOCATIONS.c.cost_usd),
 )
+_SELECT_TOTALS = select(*_TOTALS).where(INVOCATIONS.c.execution_id == bindparam("ident"))
 INTERRUPTED_ERROR = (
     "the process running this execution stopped before it finished; "
     "resume it with `qmcp executions resume ID`"
 )
+# At most this many rows make a small write (see `Database.write`): tens of microseconds each.
+SMALL_WRITE_ROWS = 16
 _TURN_FIELDS = ("turn", "role", "content", "model", "input_tokens", "output_tokens")
 
 
@@ -175,9 +181,10 @@ class Store:
         async with self.database.session() as session:
             yield session
 
-    async def _write(self, fn: Any, *, conflict: str | None = None) -> Any:
+    async def _write(self, fn: Any, *, conflict: str | None = None, now: bool = False) -> Any:
+        """Run a write function in one transaction; `now`: a small one (see `Database.write`)."""
         await self.init()
-        return await self.database.write(fn, conflict=conflict)
+        return await self.database.write(fn, conflict=conflict, now=now)
 
     # -- agents -----------------------------------------------------------------------------
 
@@ -322,12 +329,18 @@ class Store:
 
     async def add_execution(self, execution: Execution) -> Execution:
         values = _values(execution)
-        await self._write(lambda connection: connection.execute(_INSERT_EXECUTION, values))
+        await self._write(
+            lambda connection: connection.execute(_INSERT_EXECUTION, values), now=True
+        )
         return execution
 
     async def update_execution(self, execution_id: uuid.UUID, **values: Any) -> None:
-        statement = update(EXECUTIONS).where(EXECUTIONS.c.id == execution_id).values(**values)
-        await self._write(lambda connection: connection.execute(statement))
+        if not values:
+            return
+        params = {**values, "ident": execution_id}
+        await self._write(
+            lambda connection: connection.execute(_UPDATE_EXECUTION, params), now=True
+        )
 
     async def finish_execution(
         self,
@@ -353,19 +366,16 @@ class Store:
             "completed_at": completed_at,
             "duration_ms": duration_ms,
             "owner": None,
+            "ident": execution_id,
         }
 
         def finish(connection: Connection) -> int:
             if metrics:
-                totals = connection.execute(
-                    select(*_TOTALS).where(INVOCATIONS.c.execution_id == execution_id)
-                ).one()
+                totals = connection.execute(_SELECT_TOTALS, {"ident": execution_id}).one()
                 values.update(_totals(totals))
-            return connection.execute(
-                update(EXECUTIONS).where(EXECUTIONS.c.id == execution_id).values(**values)
-            ).rowcount
+            return connection.execute(_UPDATE_EXECUTION, values).rowcount
 
-        if await self._write(finish) == 0:
+        if await self._write(finish, now=True) == 0:
             raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
         return completed_at
 
@@ -382,7 +392,7 @@ class Store:
             ).rowcount
             return claimed, _fetch(connection, Execution, execution_id)
 
-        claimed, execution = await self._write(claim)
+        claimed, execution = await self._write(claim, now=True)
         if execution is None:
             raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
         if claimed == 0:
@@ -435,7 +445,10 @@ class Store:
         if not rows:
             return
         params = list(rows)
-        await self._write(lambda connection: connection.execute(_INSERT_INVOCATIONS, params))
+        await self._write(
+            lambda connection: connection.execute(_INSERT_INVOCATIONS, params),
+            now=len(params) <= SMALL_WRITE_ROWS,
+        )
 
     async def record_turns(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert turns of multi-turn invocations in one short transaction, as durable as
@@ -446,6 +459,7 @@ class Store:
         named = ", ".join(f"{r.get('key')!r} turn {r.get('turn')}" for r in params[:3])
         await self._write(
             lambda connection: connection.execute(_INSERT_TURNS, params),
+            now=len(params) <= SMALL_WRITE_ROWS,
             conflict=f"a turn is already recorded (among {named}); turns are written once",
         )
 
@@ -471,9 +485,7 @@ class Store:
 
     async def totals(self, execution_id: uuid.UUID) -> dict[str, Any]:
         async with self.session() as s:
-            row = (
-                await s.execute(select(*_TOTALS).where(INVOCATIONS.c.execution_id == execution_id))
-            ).one()
+            row = (await s.execute(_SELECT_TOTALS, {"ident": execution_id})).one()
         return _totals(row)
 
     # -- memories and approvals -------------------------------------------------------------
@@ -482,7 +494,9 @@ class Store:
         values = _values(
             AgentMemory(owner=owner, execution_id=execution_id, key=key, content=content)
         )
-        await self._write(lambda connection: connection.execute(insert(MEMORIES).values(values)))
+        await self._write(
+            lambda connection: connection.execute(insert(MEMORIES).values(values)), now=True
+        )
 
     async def recent_memories(self, owner: str, limit: int) -> list[AgentMemory]:
         """The newest `limit` memories of `owner`, oldest first."""

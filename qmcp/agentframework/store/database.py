@@ -1,23 +1,23 @@
 """One database URL's connections in this process, and the one way every write reaches it.
 
-Writes are functions of a SQLAlchemy `Connection` that run inside one transaction; `Database.write`
-runs them, the same functions on every backend:
+Writes are functions of a SQLAlchemy `Connection` (Core statements) that run inside one
+transaction; `Database.write` runs them, the same functions on every backend:
 
-- SQLite (a file): a writer thread owns the only writing connection of this process (SQLAlchemy
-  Core on a synchronous engine). Callers queue their functions; the thread takes every function
-  waiting, runs them in one `BEGIN IMMEDIATE` transaction, commits, and answers each caller on its
-  own event loop. The event loop never waits on SQLite's lock, so another process's long write
-  cannot stall it, and writes that arrive together share a commit. A function that fails is
-  retried alone, so only its own caller sees the error. The thread exits when idle and starts
-  again on the next write.
+- SQLite (a file): `SqliteWriter` owns the only writing connection of this process, on a
+  synchronous engine. A small write runs at once on the caller's thread when nothing is queued
+  and SQLite's write lock is free (tried without waiting); otherwise, and for every large write,
+  it queues for the writer thread, which waits for the lock, runs all that is queued in one
+  `BEGIN IMMEDIATE` transaction and answers each caller on its own event loop. The event loop
+  never waits on SQLite's lock, so another process's long write cannot stall it. A function that
+  fails in a shared transaction is retried alone, so only its own caller sees the error.
 - PostgreSQL (asyncpg), and in-memory SQLite: the async engine, `connection.run_sync(function)`
   inside `engine.begin()`.
 
 Reads go through the async engine's sessions on every backend. Database errors surface as
-`DatabaseError` (a `QmcpError`) naming the database and what to do; integrity errors that mean
-"this already exists" are mapped by the caller to `ConflictError`.
+`DatabaseError` (a `QmcpError`) naming the database and what to do; an integrity error that means
+"this already exists" becomes the `ConflictError` the caller names.
 
-The per-URL `Database` objects are owned by this module's registry until `close()` (or
+The per-URL `Database` objects are owned by this module's registry until `close_database` (or
 `Store.close()`) disposes their engines and stops their writer; the next use opens them again.
 """
 
@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import os
 import queue
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A writer thread with nothing to do for this long closes its connection and exits.
 WRITER_IDLE_SECONDS = 2.0
+# The writer thread checkpoints the WAL after this many commits (SQLite's automatic checkpoint is
+# off on the writing connection: it would run inside a commit made on the event loop's thread).
+WAL_CHECKPOINT_COMMITS = 200
 
 
 class DatabaseError(QmcpError):
@@ -68,15 +72,17 @@ def parse_url(url: str) -> URL:
         ) from None
 
 
-def _sqlite_pragmas(busy_ms: int, *, autocommit: bool = False) -> Any:
+def _sqlite_pragmas(busy_ms: int, *, writer: bool = False) -> Any:
     def apply(dbapi_connection: Any, _record: Any) -> None:
-        if autocommit:  # transactions are begun explicitly (BEGIN IMMEDIATE), never implicitly
+        if writer:  # transactions are begun explicitly (BEGIN IMMEDIATE), never implicitly
             dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if writer:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread checkpoints
         cursor.close()
 
     return apply
@@ -85,7 +91,9 @@ def _sqlite_pragmas(busy_ms: int, *, autocommit: bool = False) -> Any:
 def _begin_immediate(connection: Connection) -> None:
     # Take the write lock when the transaction starts: a transaction that reads and then writes
     # cannot then fail on a lock another process took in between (SQLITE_BUSY_SNAPSHOT).
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight to the driver: this runs before every write, and the full statement machinery
+    # costs more than the statement.
+    connection.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 def describe(exc: BaseException, url: str) -> str:
@@ -98,7 +106,7 @@ def describe(exc: BaseException, url: str) -> str:
     if "locked" in lowered or "busy" in lowered:
         hint = (
             f"; another process held the write lock for more than "
-            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s, try again"
+            f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s, try again"
         )
     elif "unable to open" in lowered or "readonly" in lowered or "read-only" in lowered:
         hint = "; check that the file's directory exists and is writable"
@@ -113,16 +121,16 @@ def translate(exc: BaseException, url: str, conflict: str | None = None) -> Base
         return exc
     if conflict is not None and isinstance(exc, IntegrityError):
         return ConflictError(conflict)
-    if isinstance(exc, (SQLAlchemyError, OSError)):
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error, OSError)):
         return DatabaseError(describe(exc, url))
     return exc
 
 
 @dataclass
 class _Request:
-    fn: Callable[[Connection], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+    fn: Callable[[Connection], Any] | None  # None: a checkpoint of the WAL, nobody waits for it
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Any] | None = None
 
 
 def _deliver_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -135,30 +143,94 @@ def _deliver_all(answers: list[tuple[asyncio.Future[Any], Any, BaseException | N
             future.set_result(result)
 
 
+_LOCKED = (OperationalError, sqlite3.OperationalError)
+
+
 class SqliteWriter:
-    """The one writing connection of a SQLite file in this process, on a thread of its own."""
+    """The one writing connection of a SQLite file in this process.
+
+    A write runs at once on the caller's thread when it can start without waiting: nothing is
+    queued before it, the connection is free, and SQLite's write lock is free (tried with a busy
+    timeout of zero). Otherwise it queues for the writer thread, which waits for the lock (the
+    busy timeout), runs every queued write in one transaction, commits, and answers each caller
+    on its own event loop. So the event loop never waits on another process's lock, an
+    uncontended write costs no thread switch, and writes queued together share one commit.
+
+    The connection checkpoints its WAL only on the writer thread (automatic checkpoints are off,
+    as they would run inside a commit on the caller's thread). The thread ends when idle, closing
+    the connection; the next write opens it again.
+    """
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _thread, _closed, _pending
+        self._use = threading.Lock()  # held by whoever uses the connection
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pending = 0  # writes queued or running on the thread
+        self._connection: Connection | None = None
+        self._commits = 0
+
+    # -- on the caller's thread -------------------------------------------------------------
+
+    def run_now(self, fn: Callable[[Connection], T]) -> tuple[bool, T | None]:
+        """Run `fn` in a transaction here if that needs no waiting: (True, its result).
+
+        (False, None) when it would wait (a write queued before it, the connection busy, or the
+        lock held by another process): the caller submits it to the thread instead.
+        """
+        if self._pending or self._connection is None or not self._use.acquire(blocking=False):
+            return False, None
+        try:
+            connection = self._connection
+            if self._pending or connection is None:
+                return False, None
+            raw = connection.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                transaction = connection.begin()
+            except _LOCKED:
+                return False, None
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            with transaction:
+                result = fn(connection)
+            self._committed(1, on_thread=False)
+            return True, result
+        finally:
+            self._use.release()
 
     def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+        """Queue `fn` for the writer thread; the future resolves on the caller's loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._enqueue(_Request(fn, loop, future))
+        return future
+
+    def _enqueue(self, request: _Request) -> None:
         with self._lock:  # the idle thread decides to exit under this lock, so none is lost
             if self._closed:
                 raise DatabaseError(f"the database {self.url} was closed")
-            self._queue.put(_Request(fn, loop, future))
+            self._queue.put(request)
+            self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="qmcp-sqlite-writer", daemon=True
                 )
                 self._thread.start()
-        return future
+
+    def _committed(self, count: int, *, on_thread: bool) -> None:
+        before, self._commits = self._commits, self._commits + count
+        if before // WAL_CHECKPOINT_COMMITS == self._commits // WAL_CHECKPOINT_COMMITS:
+            return
+        if on_thread:
+            self._checkpoint()
+        else:
+            with contextlib.suppress(DatabaseError):  # closing: the thread checkpoints at exit
+                self._enqueue(_Request(None))
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued write, then close the connection and end the thread."""
@@ -168,78 +240,106 @@ class SqliteWriter:
         self._queue.put(None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if self._use.acquire(timeout=0.1 if timeout is not None else -1):
+            try:  # the thread had already gone idle, or never ran
+                self._close_connection()
+            finally:
+                self._use.release()
 
-    # -- the thread -------------------------------------------------------------------------
+    # -- on the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        connection: Connection | None = None
-        try:
+        while True:
+            try:
+                first = self._queue.get(timeout=WRITER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._use, self._lock:  # idle: exit unless a write arrived meanwhile
+                    if self._queue.empty():
+                        self._thread = None
+                        self._close_connection()
+                        return
+                continue
+            batch = [first]
             while True:
                 try:
-                    first = self._queue.get(timeout=WRITER_IDLE_SECONDS)
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
-                    with self._lock:  # idle: exit unless a write arrived meanwhile
-                        if self._queue.empty():
-                            self._thread = None
-                            return
-                    continue
-                batch: list[_Request] = []
-                stop = first is None
-                if first is not None:
-                    batch.append(first)
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                    else:
-                        batch.append(item)
-                if batch:
-                    if connection is None:
-                        try:
-                            connection = self.engine.connect()
-                        except BaseException as exc:
-                            self._answer(batch, [None] * len(batch), [exc] * len(batch))
-                            batch = []
-                    if batch and connection is not None:
-                        self._execute(connection, batch)
-                if stop:
+                    break
+            requests = [r for r in batch if r is not None]
+            with self._use:
+                try:
+                    self._execute(requests)
+                except Exception as exc:  # a defect here must not leave callers waiting
+                    self._answer(requests, [None] * len(requests), [exc] * len(requests))
+                if None in batch:  # stop
+                    self._close_connection()
+            with self._lock:
+                self._pending -= len(requests)
+                if None in batch:
+                    self._thread = None
                     return
-        finally:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.close()
 
-    def _execute(self, connection: Connection, batch: list[_Request]) -> None:
-        if len(batch) > 1:
+    def _execute(self, requests: list[_Request]) -> None:
+        writes = [r for r in requests if r.fn is not None]
+        if len(writes) < len(requests):
+            self._checkpoint()
+        if not writes:
+            return
+        if self._connection is None:
+            try:
+                self._connection = self.engine.connect()
+            except Exception as exc:
+                self._answer(writes, [None] * len(writes), [exc] * len(writes))
+                return
+        connection = self._connection
+        if len(writes) > 1:
             try:
                 with connection.begin():
-                    results = [request.fn(connection) for request in batch]
-            except OperationalError as exc:  # locked, I/O: every write of the batch would fail
-                self._answer(batch, [None] * len(batch), [exc] * len(batch))
+                    results = [r.fn(connection) for r in writes if r.fn is not None]
+            except _LOCKED as exc:  # locked past the busy timeout, I/O: all would fail alike
+                self._answer(writes, [None] * len(writes), [exc] * len(writes))
                 return
             except Exception:
                 pass  # one of them failed: run each alone so only its caller gets its error
             else:
-                self._answer(batch, results, [None] * len(batch))
+                self._committed(1, on_thread=True)
+                self._answer(writes, results, [None] * len(writes))
                 return
-        for request in batch:
+        for request in writes:
+            assert request.fn is not None
             try:
                 with connection.begin():
                     result = request.fn(connection)
             except Exception as exc:
                 self._answer([request], [None], [exc])
             else:
+                self._committed(1, on_thread=True)
                 self._answer([request], [result], [None])
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database without waiting for anyone (PASSIVE)."""
+        if self._connection is not None:
+            raw = self._connection.connection.driver_connection
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+
+    def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                )
+            with contextlib.suppress(Exception):
+                connection.close()
 
     def _answer(
         self, batch: list[_Request], results: list[Any], errors: list[BaseException | None]
     ) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
         for request, result, error in zip(batch, results, errors, strict=True):
-            by_loop.setdefault(request.loop, []).append((request.future, result, error))
+            if request.loop is not None:
+                by_loop.setdefault(request.loop, []).append((request.future, result, error))
         for loop, answers in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_deliver_all, answers)
@@ -291,18 +391,29 @@ class Database:
                     "check_same_thread": False,
                 },
             )
-            event.listen(
-                engine, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS, autocommit=True)
-            )
+            event.listen(engine, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS, writer=True))
             event.listen(engine, "begin", _begin_immediate)
             self._writer = SqliteWriter(engine, self.url)
         return self._writer
 
-    async def write(self, fn: Callable[[Connection], T], *, conflict: str | None = None) -> T:
-        """Run `fn(connection)` in one write transaction and return what it returns."""
+    async def write(
+        self, fn: Callable[[Connection], T], *, conflict: str | None = None, now: bool = False
+    ) -> T:
+        """Run `fn(connection)` in one write transaction and return what it returns.
+
+        `now`: a small write (microseconds of work) that may run on the caller's thread when
+        SQLite's lock is free at once; large or slow ones (migrations, pruning) always run on
+        the writer thread, so the event loop never does more than a small write's work.
+        """
         try:
             if self.file is not None:
-                return await self._sqlite_writer().submit(fn)
+                writer = self._sqlite_writer()
+                if now:
+                    done, result = writer.run_now(fn)
+                    if done:
+                        await asyncio.sleep(0)  # a write is a turn: let other tasks run
+                        return result  # type: ignore[return-value]
+                return await writer.submit(fn)
             async with self.engine.begin() as connection:
                 return await connection.run_sync(fn)
         except Exception as exc:
