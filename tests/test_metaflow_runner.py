@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from qmcp.agentframework import service
 from qmcp.agentframework.errors import (
     ConflictError,
     QmcpError,
@@ -739,32 +740,23 @@ def test_cluster_environments_add_decorators_and_pass_check(tmp_path: Path) -> N
 
 
 @slow
-def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
+async def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
     metaflow_env: Path, db_url: str, tmp_path: Path
 ) -> None:
     qmcp = str(Path(sys.executable).parent / "qmcp")
     env = {**os.environ, "QMCP_DATABASE_URL": db_url, "USERNAME": "qmcp-tests"}
+    await service.create_agent("a1", "planner", model="offline", db_url=db_url)
+    await service.create_agent("a2", "executor", model="offline", db_url=db_url)
+    await service.create_topology(
+        "my_debate", "pipeline", {"one": "a1", "two": "a2"}, db_url=db_url
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [qmcp, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
         )
 
-    assert cli("agents", "create", "a1", "planner", "--model", "offline").returncode == 0
-    assert cli("agents", "create", "a2", "executor", "--model", "offline").returncode == 0
-    made = cli(
-        "agents",
-        "topologies",
-        "create",
-        "my_debate",
-        "pipeline",
-        "--slot",
-        "one=a1",
-        "--slot",
-        "two=a2",
-    )
-    assert made.returncode == 0, made.stderr
-    generated = cli("agents", "topologies", "flow", "my_debate")
+    generated = await asyncio.to_thread(cli, "agents", "topologies", "flow", "my_debate")
     assert generated.returncode == 0, generated.stderr
     flow = tmp_path / "generated_flows" / "my_debate_flow.py"
     # The spec's two ways side by side: the flow file run directly, and the CLI's metaflow runner.
@@ -776,22 +768,14 @@ def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
         env=env,
         cwd=tmp_path,
     )
-    ran = cli(
-        "agents",
-        "topologies",
-        "run",
-        "my_debate",
-        "--input-json",
-        '{"topic": "AI"}',
-        "--runner",
-        "metaflow",
-    )
-    _, stderr = direct.communicate(timeout=300)
+    args = ("agents", "topologies", "run", "my_debate", "--input-json", '{"topic": "AI"}')
+    ran = await asyncio.to_thread(cli, *args, "--runner", "metaflow")
+    _, stderr = await asyncio.to_thread(direct.communicate, timeout=300)
     assert direct.returncode == 0, stderr[-2000:]
     assert ran.returncode == 0, ran.stderr
     assert "completed my_debate on metaflow" in ran.stdout
-    executions = json.loads(cli("executions", "list", "--format", "json").stdout)
+    executions = await service.list_executions(db_url=db_url)
     assert len(executions) == 2
     for execution in executions:
-        assert execution["runner_type"] == "metaflow" and execution["status"] == "completed"
-        assert execution["input"] == {"topic": "AI"}
+        assert execution.runner_type == "metaflow" and execution.status == "completed"
+        assert execution.input == {"topic": "AI"}
