@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -275,3 +277,55 @@ def test_processes_starting_together_upgrade_once(start: str, tmp_path: Path) ->
             assert count == 3
     engine.dispose()
     assert differences(path) == []
+
+
+POSTGRES = os.environ.get("QMCP_TEST_POSTGRES_URL")  # e.g. postgresql+asyncpg://u@127.0.0.1/db
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set QMCP_TEST_POSTGRES_URL to test PostgreSQL")
+async def test_postgresql_is_created_at_head_and_upgrades_from_the_baseline() -> None:
+    """On a server of your own: two scratch databases, created here and dropped after."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    assert POSTGRES is not None
+    server = make_url(POSTGRES)
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    names = [f"qmcp_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    async with admin.connect() as connection:
+        for name in names:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    created, migrated = (server.set(database=name).render_as_string(False) for name in names)
+    try:
+        store = Store(created)
+        await service.create_agent("pg_a", "executor", model="offline", db_url=created)
+        await service.create_topology("pg_t", "pipeline", {"a": "pg_a"}, db_url=created)
+        result = await service.run_topology("pg_t", {"prompt": "x"}, db_url=created)
+        assert result.status == ExecutionStatus.COMPLETED, result.error
+        assert (await store.get_execution(result.execution_id)).invocation_count == 1
+        await store.close()
+        engine = create_async_engine(migrated)
+        async with engine.begin() as connection:  # the baseline, then what Store.init adds
+            await connection.run_sync(
+                lambda c: migrations.run_alembic(c, "upgrade", migrations.BASELINE)
+            )
+        await engine.dispose()
+        await Store(migrated).init()
+        await Store(migrated).close()
+        for url in (created, migrated):
+            engine = create_async_engine(url)
+            async with engine.connect() as connection:
+                assert await connection.run_sync(migrations.current_revision) == migrations.HEAD
+                found = await connection.run_sync(
+                    lambda c: compare_metadata(
+                        MigrationContext.configure(c, opts={"compare_type": True}),
+                        migrations.target_metadata(),
+                    )
+                )
+            await engine.dispose()
+            assert [d for d in found if "alembic_version" not in str(d)] == []
+    finally:
+        async with admin.connect() as connection:
+            for name in names:
+                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
