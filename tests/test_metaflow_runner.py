@@ -443,6 +443,29 @@ async def test_the_spec_helpers_aggregate_judge_invoke_and_save(db_url: str) -> 
     assert record.owner is None and record.duration_ms is not None and record.duration_ms >= 0
 
 
+def test_a_program_can_be_driven_by_hand_with_ad_hoc_steps(db_url: str, state_dir: Path) -> None:
+    """`advance` with key patterns instead of a declared step (what the benchmarks do)."""
+    topology, agents = build("cross_check")
+    runner = MetaflowRunner(db_url=db_url)
+    spec = json.loads(ast.literal_eval(spec_literal(runner, topology, agents)))
+    state = helpers.begin(spec, INPUT, "", "by-hand")
+    state = helpers.advance(spec, state, ["primary"])
+    assert list(state["outcomes"]) == ["primary"] and state["steps"] == {"primary": "adhoc"}
+    state = helpers.advance(spec, state, ["*"])
+    output = helpers.finish(spec, state)
+    local = asyncio.run(LocalRunner(db_url=db_url).run(topology, agents, INPUT))
+    assert output == local.output
+
+
+def spec_literal(runner: MetaflowRunner, topology: Topology, agents: dict[str, Any]) -> str:
+    """The SPEC string literal of a generated flow."""
+    for node in ast.parse(runner._topology_to_flow(topology, agents)).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SPEC":
+            assert isinstance(node.value, ast.Call)
+            return ast.unparse(node.value.args[0])
+    raise AssertionError("no SPEC in the flow")
+
+
 def test_resource_names_and_values_are_checked(tmp_path: Path) -> None:
     key = "cpu=1)\n__import__('os').system('touch PWNED')\n@retry(times=1"
     for resources in ({key: 1}, {"cpu": float("nan")}, {"cpu": [1]}, {"cpu": True}):
