@@ -22,7 +22,7 @@ R = TypeVar("R")
 
 
 def _describe(exc: PydanticValidationError) -> str:
-    from qmcp.agentframework.service import describe_validation_error
+    from qmcp.agentframework.errors import describe_validation_error
 
     return f"invalid value: {describe_validation_error(exc)}"
 

@@ -16,8 +16,7 @@ from qmcp_server.sampling import current_context, elicitation_channel
 from qmcp_server.schemas import RunOutcome
 
 if TYPE_CHECKING:
-    from qmcp.agentframework.runners import InvocationEvent, RunResult
-    from qmcp.agentframework.service import StartedRun
+    from qmcp.agentframework.service import InvocationEvent, RunResult, StartedRun
 
 log = logging.getLogger("qmcp.server")
 

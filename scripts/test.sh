@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Python packages in .venv, the MCP Inspector from npm) and run
-# the checks: ruff, mypy, then the whole pytest suite. Extra arguments go to pytest.
+# the checks: ruff, mypy, the import-layer contracts, then the whole pytest suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,4 +16,5 @@ export USERNAME=${USERNAME:-qmcp-tests}
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy qmcp qmcp_server
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"

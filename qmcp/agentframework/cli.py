@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from qmcp.agentframework.runners import RunResult
+    from qmcp.agentframework.service import RunResult
 
 T = TypeVar("T")
 
@@ -330,7 +330,7 @@ def topologies_run(
     """Run a topology and record the execution."""
     from qmcp.agentframework import service
     from qmcp.agentframework.errors import QmcpError
-    from qmcp.agentframework.runners import RunConfig
+    from qmcp.agentframework.service import RunConfig
 
     _check_format(fmt)
     try:

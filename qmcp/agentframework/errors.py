@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
+
 
 class QmcpError(Exception):
     """Base of every error qmcp raises on purpose."""
@@ -71,3 +76,15 @@ def known(values: object) -> str:
 class RunnerError(QmcpError):
     """A runner could not carry out a run as asked (a Metaflow helper called outside its flow,
     a flow that ended with calls still pending)."""
+
+
+def describe_validation_error(exc: PydanticValidationError) -> str:
+    """A pydantic error as one line: `field.path: message; …`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "value"
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

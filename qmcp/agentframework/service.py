@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError as PydanticValidationError
 
 from qmcp.agentframework.diagram import mermaid
-from qmcp.agentframework.errors import ConflictError, ValidationError
+from qmcp.agentframework.errors import ConflictError, ValidationError, describe_validation_error
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
@@ -39,10 +39,13 @@ from qmcp.agentframework.runners import (
     RunnerRegistry,
     RunResult,
 )
+
+# RunConfig, RunResult and InvocationEvent are the run vocabulary the CLI and the MCP server
+# speak; they import them from here, the layer they call.
 from qmcp.agentframework.runners.engine import EventHandler
+from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
 from qmcp.agentframework.store import Store, parse_execution_id
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
-from qmcp.agentframework.topologies.base import describe_validation_error
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SLOT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from qmcp.agentframework.errors import QmcpError, ValidationError
+from qmcp.agentframework.errors import QmcpError, ValidationError, describe_validation_error
 from qmcp.agentframework.registry import Registry
 
 if TYPE_CHECKING:
@@ -106,8 +106,6 @@ class _Mixins(Registry[type[Mixin]]):
             try:
                 config = mixin.config_model.model_validate(configs.get(name, {}))
             except PydanticValidationError as exc:
-                from qmcp.agentframework.topologies.base import describe_validation_error
-
                 raise ValidationError(
                     f"invalid config for mixin {name!r}: {describe_validation_error(exc)}"
                 ) from None

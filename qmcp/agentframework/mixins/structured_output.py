@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from qmcp.agentframework.llm import LLMRequest
 from qmcp.agentframework.mixins.base import Mixin, MixinConfig, MixinContext, OutputRejected
-from qmcp.agentframework.topologies.text import parse_json_object
+from qmcp.agentframework.text import parse_json_object
 
 
 class StructuredOutputConfig(MixinConfig):

@@ -1,5 +1,6 @@
 """Tables and config models: agents, topologies, executions, invocations and their turns."""
 
+from qmcp.agentframework.models.composition import MAX_NESTING, SubTopology
 from qmcp.agentframework.models.config import AgentConfig, CapabilityConfig, ModelConfig, Models
 from qmcp.agentframework.models.enums import (
     AgentRole,
@@ -23,6 +24,7 @@ from qmcp.agentframework.models.tables import (
 from qmcp.agentframework.models.topology_configs import EnsembleConfig, PipelineConfig
 
 __all__ = [
+    "MAX_NESTING",
     "AgentConfig",
     "AgentMemory",
     "AgentRole",
@@ -40,6 +42,7 @@ __all__ = [
     "ModelConfig",
     "Models",
     "PipelineConfig",
+    "SubTopology",
     "Topology",
     "TopologyMembership",
     "TopologyType",

@@ -13,10 +13,14 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 import anyio
-from pydantic import field_validator
-from sqlmodel import Field, SQLModel
+from sqlmodel import SQLModel
 
-from qmcp.agentframework.errors import NotFoundError, QmcpError, ValidationError
+from qmcp.agentframework.errors import (
+    NotFoundError,
+    QmcpError,
+    ValidationError,
+    describe_validation_error,
+)
 from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.models import (
     AgentType,
@@ -26,6 +30,7 @@ from qmcp.agentframework.models import (
     utcnow,
 )
 from qmcp.agentframework.registry import Registry
+from qmcp.agentframework.runners.config import RunConfig
 from qmcp.agentframework.runners.engine import (
     AgentSetup,
     Engine,
@@ -39,28 +44,6 @@ from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKin
 log = logging.getLogger("qmcp.run")
 
 MAX_INPUT_BYTES = 1_000_000
-_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-
-
-class RunConfig(SQLModel):
-    """Configuration for a topology run."""
-
-    correlation_id: str | None = Field(default=None, max_length=200)
-    timeout_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
-    checkpoint_enabled: bool = True
-    retry_on_failure: bool = True
-    max_retries: int = Field(default=3, ge=0, le=20)
-    log_level: str = "INFO"
-    trace_enabled: bool = True
-    metrics_enabled: bool = True
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in _LOG_LEVELS:
-            raise ValueError(f"unknown log level {value!r}; known: {', '.join(_LOG_LEVELS)}")
-        return level
 
 
 class RunResult(SQLModel):
@@ -415,8 +398,6 @@ def validate_members(
 
 def validate_agent_config(slot: str, agent: AgentType) -> AgentSetup:
     from pydantic import ValidationError as PydanticValidationError
-
-    from qmcp.agentframework.topologies.base import describe_validation_error
 
     try:
         return agent_setup(agent)

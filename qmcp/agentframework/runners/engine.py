@@ -39,12 +39,12 @@ from qmcp.agentframework.llm import (
 from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
 from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
 from qmcp.agentframework.prompts import system_prompt_for
+from qmcp.agentframework.text import render_payload
 from qmcp.agentframework.tools import Conversation, Toolbox, converse
 from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
-from qmcp.agentframework.topologies.text import render_payload
 
 if TYPE_CHECKING:
-    from qmcp.agentframework.runners.base import RunConfig
+    from qmcp.agentframework.runners.config import RunConfig
     from qmcp.agentframework.store import Store
 
 T = TypeVar("T")

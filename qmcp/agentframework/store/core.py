@@ -18,6 +18,7 @@ from sqlmodel import SQLModel, col
 
 from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
 from qmcp.agentframework.models import (
+    MAX_NESTING,
     AgentMemory,
     AgentType,
     Approval,
@@ -26,6 +27,7 @@ from qmcp.agentframework.models import (
     Invocation,
     InvocationStatus,
     InvocationTurn,
+    SubTopology,
     Topology,
     TopologyMembership,
     utcnow,
@@ -266,8 +268,6 @@ class Store:
     async def _members(
         self, s: AsyncSession, topology: Topology, path: tuple[Any, ...]
     ) -> dict[str, Any]:
-        from qmcp.agentframework.topologies.base import MAX_NESTING, SubTopology
-
         rows = await s.execute(
             select(TopologyMembership, AgentType, Topology)
             .outerjoin(AgentType, col(AgentType.id) == col(TopologyMembership.agent_type_id))

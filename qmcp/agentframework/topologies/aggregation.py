@@ -7,7 +7,7 @@ from typing import Any
 
 from qmcp.agentframework.errors import ValidationError
 from qmcp.agentframework.models import AggregationMethod
-from qmcp.agentframework.topologies.text import confidence_of, main_text, number_of, vote_of
+from qmcp.agentframework.text import confidence_of, main_text, number_of, vote_of
 
 Member = tuple[str, dict[str, Any]]  # (slot, invocation output)
 

@@ -19,9 +19,10 @@ from qmcp.agentframework.errors import (
     NotFoundError,
     QmcpError,
     ValidationError,
+    describe_validation_error,
     known,
 )
-from qmcp.agentframework.models import AgentType, TopologyType
+from qmcp.agentframework.models import MAX_NESTING, AgentType, SubTopology, TopologyType
 from qmcp.agentframework.registry import Registry
 from qmcp.agentframework.topologies.flow import FlowShape
 
@@ -123,17 +124,6 @@ class _Kinds(Registry[TopologyKind]):
 TopologyRegistry = _Kinds()
 
 
-def describe_validation_error(exc: PydanticValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ())) or "value"
-        message = error.get("msg", "invalid")
-        if error.get("type") == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
-
-
 def require_slots(kind: str, present: list[str], required: Iterable[str]) -> None:
     missing = [slot for slot in required if slot not in present]
     if missing:
@@ -148,9 +138,6 @@ def reject_unexpected(kind: str, unexpected: list[str], expected: str) -> None:
         raise ValidationError(
             f"{kind} topology does not use slot(s) {known(unexpected)}; its slots are {expected}"
         )
-
-
-MAX_NESTING = 5
 
 
 class Slots:
@@ -176,37 +163,9 @@ class Slots:
             return exc
 
 
-@dataclass(frozen=True)
-class SubTopology:
-    """A slot filled by a stored topology instead of an agent (a compound topology).
-
-    It answers like an agent: its output's `content` is what the outer topology reads. The
-    agent-like fields let topologies that describe their members (delegation) describe it too.
-    """
-
-    topology: Any  # models.Topology
-    agents: Mapping[str, Any]  # slot -> AgentType | SubTopology
-
-    @property
-    def name(self) -> str:
-        return str(self.topology.name)
-
-    @property
-    def description(self) -> str:
-        return str(self.topology.description or "")
-
-    @property
-    def role(self) -> str:
-        return "executor"
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {}
-
-
 def nested_input(payload: Any) -> dict[str, Any]:
     """What a sub-topology receives: the payload as given, or a prompt if it is not an object."""
-    from qmcp.agentframework.topologies.text import render_payload
+    from qmcp.agentframework.text import render_payload
 
     return dict(payload) if isinstance(payload, dict) else {"prompt": render_payload(payload)}
 

@@ -16,6 +16,7 @@ from pydantic import Field
 from qmcp.agentframework.errors import InvocationFailed, TopologyFailed, ValidationError
 from qmcp.agentframework.models import TopologyType
 from qmcp.agentframework.models.topology_configs import TopologyConfigBase
+from qmcp.agentframework.text import confidence_of, parse_json_object
 from qmcp.agentframework.topologies.base import (
     Output,
     RunContext,
@@ -24,7 +25,6 @@ from qmcp.agentframework.topologies.base import (
     require_slots,
 )
 from qmcp.agentframework.topologies.flow import FlowStep
-from qmcp.agentframework.topologies.text import confidence_of, parse_json_object
 
 COMMANDER = "commander"
 LIEUTENANT = "lieutenant_"

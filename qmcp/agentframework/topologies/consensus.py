@@ -13,7 +13,7 @@ from typing import Any
 
 from qmcp.agentframework.errors import ValidationError
 from qmcp.agentframework.models import ConsensusMethod
-from qmcp.agentframework.topologies.text import parse_json_object
+from qmcp.agentframework.text import parse_json_object
 
 VERDICT_FORMAT = '{"approved": true|false, "confidence": 0.0-1.0, "issues": ["…"]}'
 

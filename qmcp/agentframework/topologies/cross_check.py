@@ -14,6 +14,7 @@ from pydantic import Field
 from qmcp.agentframework.errors import InvocationFailed, ValidationError
 from qmcp.agentframework.models import TopologyType
 from qmcp.agentframework.models.topology_configs import TopologyConfigBase
+from qmcp.agentframework.text import main_text
 from qmcp.agentframework.topologies.base import (
     Output,
     RunContext,
@@ -27,7 +28,6 @@ from qmcp.agentframework.topologies.consensus import (
     parse_verdict,
 )
 from qmcp.agentframework.topologies.flow import FlowStep
-from qmcp.agentframework.topologies.text import main_text
 
 PRIMARY = "primary"
 CHECKER_PREFIX = "checker_"

@@ -15,10 +15,10 @@ from pydantic import Field
 from qmcp.agentframework.errors import InvocationFailed, TopologyFailed, ValidationError
 from qmcp.agentframework.models import AgentConfig, TopologyType
 from qmcp.agentframework.models.topology_configs import TopologyConfigBase
+from qmcp.agentframework.text import parse_json_object
 from qmcp.agentframework.topologies.aggregation import synthesis_prompt
 from qmcp.agentframework.topologies.base import Output, RunContext, TopologyKind, require_slots
 from qmcp.agentframework.topologies.flow import FlowStep
-from qmcp.agentframework.topologies.text import parse_json_object
 
 COORDINATOR = "coordinator"
 ROUTE_FORMAT = '{"route": ["<slot>", …], "reason": "…"}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qmcp.agentframework.models import PipelineConfig, TopologyType
+from qmcp.agentframework.text import main_text
 from qmcp.agentframework.topologies.base import (
     Output,
     RunContext,
@@ -13,7 +14,6 @@ from qmcp.agentframework.topologies.base import (
     require_slots,
 )
 from qmcp.agentframework.topologies.flow import FlowStep
-from qmcp.agentframework.topologies.text import main_text
 
 
 def stage_order(config: PipelineConfig, slots: list[str]) -> list[str]:

@@ -1,0 +1,29 @@
+"""`RunConfig`: how a topology run behaves (timeout, retries, checkpointing, logging, metrics)."""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+from sqlmodel import Field, SQLModel
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class RunConfig(SQLModel):
+    """Configuration for a topology run."""
+
+    correlation_id: str | None = Field(default=None, max_length=200)
+    timeout_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    checkpoint_enabled: bool = True
+    retry_on_failure: bool = True
+    max_retries: int = Field(default=3, ge=0, le=20)
+    log_level: str = "INFO"
+    trace_enabled: bool = True
+    metrics_enabled: bool = True
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}; known: {', '.join(_LOG_LEVELS)}")
+        return level
