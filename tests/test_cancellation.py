@@ -58,6 +58,7 @@ def make_topology(environ: dict[str, str]) -> None:
     assert made.returncode == 0, made.stderr
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_ctrl_c_cancels_records_and_resumes(db_url: str, tmp_path: Path) -> None:
     environ = env(db_url, tmp_path, sleep=30)
     make_topology(environ)

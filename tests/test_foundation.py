@@ -210,6 +210,7 @@ def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([QMCP, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_the_spec_cli_commands_work_as_written(db_url: str) -> None:
     assert (
         cli(
@@ -257,6 +258,7 @@ def test_the_spec_cli_commands_work_as_written(db_url: str) -> None:
     assert mixins.returncode == 0 and "structured_output" in mixins.stdout
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(db_url: str) -> None:
     cases = [
         (("agents", "create", "x", "wizard"), "unknown role 'wizard'"),

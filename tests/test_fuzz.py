@@ -710,6 +710,7 @@ def cli_db(tmp_path: Path) -> Path:
 
 @settings(FUZZ, max_examples=CLI_EXAMPLES)
 @given(case=cli_cases())
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_cli_exits_0_or_2_with_one_clear_line(cli_db: Path, case: CliCase) -> None:
     count("cli")
     before = row_counts(cli_db)
@@ -795,6 +796,7 @@ def qmcp_process(args: list[str | bytes], db_file: Path) -> subprocess.Popen[byt
     )
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_cli_processes_refuse_bad_input_with_exit_2(cli_db: Path) -> None:
     """Real processes (argv is bytes on Linux), all started at once to keep this fast."""
     cases: list[list[str | bytes]] = [

@@ -200,6 +200,7 @@ def inspector(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedPr
 
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="Node.js is not installed")
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_mcp_inspector_cli_drives_the_server(db_url: str, tmp_path: Path) -> None:
     assert INSPECTOR.exists(), "run `npm ci` (scripts/test.sh does) to install the MCP Inspector"
     listed = inspector(db_url, tmp_path, "--method", "tools/list")

@@ -188,6 +188,7 @@ async def test_the_key_never_reaches_a_record(api: MessagesAPIServer, db_url: st
         assert SENTINEL not in dump
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_spec_complete_local_execution_example_runs_as_written(
     api: MessagesAPIServer, tmp_path: Path
 ) -> None:

@@ -253,6 +253,7 @@ class StdioServer:
         return self.stderr_path.read_text(errors="replace")
 
 
+@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_cli_and_mcp_server_keep_the_key_out_of_logs_and_results(
     api: MessagesAPIServer, tmp_path: Path
 ) -> None:
