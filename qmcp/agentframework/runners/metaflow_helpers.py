@@ -392,6 +392,7 @@ class _Work:
                 concurrency=None,
                 on_event=None,
                 total=1,
+                turns=await self.store.turns(self.ident),
             )
         return self._engine
 
