@@ -21,7 +21,9 @@ SLOW = float(os.environ.get("CRASH_CHILD_SLEEP", "0"))
 
 
 async def answer(request: LLMRequest) -> str:
-    await asyncio.sleep(SLOW or random.uniform(0, 0.01))
+    # Six or seven invocations of 5-35 ms: a run takes ~130 ms, longer than the test's kill window
+    # (0-120 ms), so most kills land mid-run however fast the machine or the library is.
+    await asyncio.sleep(SLOW or random.uniform(0.005, 0.035))
     return f"{request.slot} answered: {request.prompt.splitlines()[0][:40]}"
 
 
