@@ -83,6 +83,7 @@ def _sqlite_pragmas(busy_ms: int, *, writer: bool = False) -> Any:
         cursor.execute("PRAGMA foreign_keys=ON")
         if writer:
             cursor.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread checkpoints
+            cursor.execute("PRAGMA busy_timeout=0")  # waiting is for the thread's batches only
         cursor.close()
 
     return apply
@@ -150,15 +151,16 @@ class SqliteWriter:
     """The one writing connection of a SQLite file in this process.
 
     A write runs at once on the caller's thread when it can start without waiting: nothing is
-    queued before it, the connection is free, and SQLite's write lock is free (tried with a busy
-    timeout of zero). Otherwise it queues for the writer thread, which waits for the lock (the
-    busy timeout), runs every queued write in one transaction, commits, and answers each caller
-    on its own event loop. So the event loop never waits on another process's lock, an
-    uncontended write costs no thread switch, and writes queued together share one commit.
+    queued before it, the connection is free, and SQLite's write lock is free (the connection's
+    busy timeout is zero, except while the thread runs a batch). Otherwise it queues for the
+    writer thread, which waits for the lock (up to the busy timeout), runs every queued write in
+    one transaction, commits, and answers each caller on its own event loop. So the event loop
+    never waits on another process's lock, an uncontended write costs no thread switch, and
+    writes queued together share one commit.
 
-    The connection checkpoints its WAL only on the writer thread (automatic checkpoints are off,
-    as they would run inside a commit on the caller's thread). The thread ends when idle, closing
-    the connection; the next write opens it again.
+    The WAL is checkpointed only by the writer thread, every WAL_CHECKPOINT_COMMITS commits
+    (automatic checkpoints are off, as they would run inside a commit on the caller's thread).
+    The thread ends when idle, closing the connection; the next write opens it again.
     """
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -187,18 +189,13 @@ class SqliteWriter:
             connection = self._connection
             if self._pending or connection is None:
                 return False, None
-            raw = connection.connection.driver_connection
-            assert raw is not None
-            raw.execute("PRAGMA busy_timeout=0")
-            try:
+            try:  # the connection's busy timeout is zero outside the thread's batches
                 transaction = connection.begin()
             except _LOCKED:
                 return False, None
-            finally:
-                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             with transaction:
                 result = fn(connection)
-            self._committed(1, on_thread=False)
+            self._committed()
             return True, result
         finally:
             self._use.release()
@@ -215,20 +212,18 @@ class SqliteWriter:
             if self._closed:
                 raise DatabaseError(f"the database {self.url} was closed")
             self._queue.put(request)
-            self._pending += 1
+            if request.fn is not None:  # a checkpoint orders nothing: writes need not wait
+                self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="qmcp-sqlite-writer", daemon=True
                 )
                 self._thread.start()
 
-    def _committed(self, count: int, *, on_thread: bool) -> None:
-        before, self._commits = self._commits, self._commits + count
-        if before // WAL_CHECKPOINT_COMMITS == self._commits // WAL_CHECKPOINT_COMMITS:
-            return
-        if on_thread:
-            self._checkpoint()
-        else:
+    def _committed(self) -> None:
+        """Count a commit; every WAL_CHECKPOINT_COMMITS, ask the thread for a checkpoint."""
+        self._commits += 1
+        if self._commits % WAL_CHECKPOINT_COMMITS == 0:
             with contextlib.suppress(DatabaseError):  # closing: the thread checkpoints at exit
                 self._enqueue(_Request(None))
 
@@ -265,8 +260,16 @@ class SqliteWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            requests = [r for r in batch if r is not None]
+            requests = [r for r in batch if r is not None and r.fn is not None]
+            checkpoint = len(requests) + (None in batch) < len(batch)
+            if checkpoint:  # the bulk of it while writes go on, on a connection of its own
+                with contextlib.suppress(Exception), self.engine.connect() as side:
+                    side.connection.driver_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    )
             with self._use:
+                if checkpoint:
+                    self._checkpoint()
                 try:
                     self._execute(requests)
                 except Exception as exc:  # a defect here must not leave callers waiting
@@ -279,10 +282,7 @@ class SqliteWriter:
                     self._thread = None
                     return
 
-    def _execute(self, requests: list[_Request]) -> None:
-        writes = [r for r in requests if r.fn is not None]
-        if len(writes) < len(requests):
-            self._checkpoint()
+    def _execute(self, writes: list[_Request]) -> None:
         if not writes:
             return
         if self._connection is None:
@@ -292,6 +292,15 @@ class SqliteWriter:
                 self._answer(writes, [None] * len(writes), [exc] * len(writes))
                 return
         connection = self._connection
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # the thread may wait
+        try:
+            self._run_batch(connection, writes)
+        finally:
+            raw.execute("PRAGMA busy_timeout=0")
+
+    def _run_batch(self, connection: Connection, writes: list[_Request]) -> None:
         if len(writes) > 1:
             try:
                 with connection.begin():
@@ -302,7 +311,7 @@ class SqliteWriter:
             except Exception:
                 pass  # one of them failed: run each alone so only its caller gets its error
             else:
-                self._committed(1, on_thread=True)
+                self._committed()
                 self._answer(writes, results, [None] * len(writes))
                 return
         for request in writes:
@@ -313,11 +322,17 @@ class SqliteWriter:
             except Exception as exc:
                 self._answer([request], [None], [exc])
             else:
-                self._committed(1, on_thread=True)
+                self._committed()
                 self._answer([request], [result], [None])
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database without waiting for anyone (PASSIVE)."""
+        """Copy the WAL into the database without waiting for anyone (PASSIVE).
+
+        Run with the connection held, so that no write of this process lands meanwhile: the
+        checkpoint then completes and the next write starts the WAL over instead of growing it.
+        It is short, as a checkpoint on another connection has just copied all but the last
+        frames; writes arriving meanwhile queue for the thread, the event loop does not wait.
+        """
         if self._connection is not None:
             raw = self._connection.connection.driver_connection
             with contextlib.suppress(sqlite3.Error):
