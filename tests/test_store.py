@@ -416,3 +416,23 @@ async def test_prune_deletes_turns_with_their_execution(db_url: str) -> None:
         await store.get_execution(old.id)
     assert list(await store.turns(kept.id)) == ["b"]
     await store.close()
+
+
+async def test_the_wal_stays_bounded_under_back_to_back_checkpoints(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic checkpoints are off on the writing connection; the writer thread's keep the WAL
+    from growing even when checkpoints (one commit per row) come back to back. Without them it
+    grows by ~23 MB per 1500 rows here; with them it stops at a few MB."""
+    monkeypatch.setattr(database_module, "WAL_CHECKPOINT_COMMITS", 50)
+    store = Store(db_url)
+    execution = await new_execution(store)
+    wal = Path(f"{db_path(db_url)}-wal")
+    sizes = []
+    for i in range(3000):
+        await store.record_invocations([row(execution.id, f"k{i}")])
+        if i % 1500 == 1499:
+            sizes.append(wal.stat().st_size)
+    assert sizes[0] < 12_000_000 and sizes[1] <= sizes[0] * 1.2, sizes
+    assert len(await store.invocations(execution.id)) == 3000
+    await store.close()
