@@ -79,18 +79,34 @@ async def seed(db: str) -> None:
 RUN_ARGS = {"topology": "b_pipe", "input": {"prompt": "hi"}}
 
 
+async def checked_call(client: Any, tool: str, arguments: dict[str, Any]) -> float:
+    """Seconds for one tools/call, which must succeed with status "completed"."""
+    t0 = time.perf_counter()
+    result = await client.call_tool(tool, arguments)
+    seconds = time.perf_counter() - t0
+    if result.is_error or result.structured_content["status"] != "completed":
+        raise RuntimeError(f"{tool} failed: {result.content}")
+    return seconds
+
+
 async def round_trip(client: Any, calls: int) -> float:
     """Median seconds of a `topologies_run` tools/call, after two warm-up calls."""
     for _ in range(2):
-        await client.call_tool("topologies_run", RUN_ARGS)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        result = await client.call_tool("topologies_run", RUN_ARGS)
-        times.append(time.perf_counter() - t0)
-        if result.is_error or result.structured_content["status"] != "completed":
-            raise RuntimeError(f"topologies_run failed: {result.content}")
-    return median(times)
+        await checked_call(client, "topologies_run", RUN_ARGS)
+    return median([await checked_call(client, "topologies_run", RUN_ARGS) for _ in range(calls)])
+
+
+async def round_trips_side_by_side(qmcp: Any, floor: Any, calls: int) -> tuple[float, float]:
+    """Median seconds of qmcp's `topologies_run` and of the floor server's `echo`, each on its
+    own warm stdio connection, the calls alternating so both see the same machine."""
+    ours, theirs = [], []
+    for i in range(calls + 3):
+        first = await checked_call(qmcp, "topologies_run", RUN_ARGS)
+        second = await checked_call(floor, "echo", {"prompt": "hi"})
+        if i >= 3:  # warm-up
+            ours.append(first)
+            theirs.append(second)
+    return median(ours), median(theirs)
 
 
 def free_port() -> int:
@@ -132,6 +148,24 @@ def http_server(db: str, tmp: Path) -> Iterator[tuple[int, float]]:
         process.wait(10)
 
 
+FLOOR = Path(__file__).resolve().parent / "floor_server.py"
+
+
+async def cold_start(params: Any, repeat: int) -> float:
+    """Median seconds from spawning a stdio server to its answer to the first tools/list."""
+    from mcp import Client
+
+    starts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        async with Client(params) as client:
+            tools = await client.list_tools()
+            starts.append(time.perf_counter() - t0)
+        if not tools.tools:
+            raise RuntimeError("the stdio server listed no tools")
+    return median(starts)
+
+
 async def mcp(tmp: Path, quick: bool) -> list[Row]:
     from mcp import Client, StdioServerParameters
 
@@ -141,29 +175,24 @@ async def mcp(tmp: Path, quick: bool) -> list[Row]:
 
     db = f"sqlite+aiosqlite:///{tmp}/mcp.db"
     await seed(db)
-    server = str(BIN / "qmcp-server")
-    params = StdioServerParameters(command=server, env=child_env(db), cwd=str(tmp))
-    starts = []
-    for _ in range(3 if quick else 5):
-        t0 = time.perf_counter()
-        async with Client(params) as client:
-            tools = await client.list_tools()
-            starts.append(time.perf_counter() - t0)
-        if not tools.tools:
-            raise RuntimeError("the stdio server listed no tools")
-    python_start = median(
-        [wall([sys.executable, "-c", "pass"], child_env(db), tmp) for _ in range(5)]
-    )
+    env = child_env(db)
+    params = StdioServerParameters(command=str(BIN / "qmcp-server"), env=env, cwd=str(tmp))
+    floor = StdioServerParameters(command=sys.executable, args=[str(FLOOR)], env=env, cwd=str(tmp))
+    repeat = 3 if quick else 5
+    start = await cold_start(params, repeat)
+    floor_start = await cold_start(floor, repeat)
+    python_start = median([wall([sys.executable, "-c", "pass"], env, tmp) for _ in range(5)])
     rows = [
         Row(
             "MCP stdio cold start: spawn to first tools/list",
-            median(starts),
+            start,
             "s",
             1.5,
-            note=f"median of {len(starts)}; a bare `python -c pass` takes {python_start:.3f} s",
+            note=f"median of {repeat}; the one-tool floor server takes {floor_start:.3f} s, "
+            f"a bare `python -c pass` {python_start:.3f} s",
         )
     ]
-    calls = 10 if quick else 20
+    calls = 15 if quick else 50
     topology, agents = await service.get_topology("b_pipe", db)
     runner = LocalRunner(db_url=db)
     direct = []
@@ -188,15 +217,22 @@ async def mcp(tmp: Path, quick: bool) -> list[Row]:
                 note=f"median of {calls}",
             )
         )
-    async with Client(params) as client:
-        rows.append(
-            Row(
-                "MCP topologies_run round trip, stdio",
-                await round_trip(client, calls) * 1e3,
-                "ms",
-                note=f"median of {calls}",
-            )
+    async with Client(params) as ours, Client(floor) as theirs:
+        mine, one_tool = await round_trips_side_by_side(ours, theirs, calls)
+    rows.append(
+        Row(
+            "MCP stdio topologies_run round trip",
+            mine * 1e3,
+            "ms",
+            2.0,
+            reference=one_tool * 1e3,
+            versus="one-tool floor",
+            on_ratio=True,
+            note=f"median of {calls} calls on a warm connection, alternating with the floor "
+            "server's calls; the same mcp.Client; qmcp: an offline 2-stage pipeline, durable; "
+            "floor: bench/floor_server.py, an MCPServer whose one tool returns its argument",
         )
+    )
     with http_server(db, tmp) as (port, ready):
         async with Client(f"http://127.0.0.1:{port}/mcp") as client:
             rows.append(
@@ -216,15 +252,25 @@ async def mcp(tmp: Path, quick: bool) -> list[Row]:
 def cli(tmp: Path, quick: bool) -> list[Row]:
     db = f"sqlite+aiosqlite:///{tmp}/cli.db"
     env = child_env(db)
-    repeat = 3 if quick else 5
+    repeat = 3 if quick else 7
     wall([str(BIN / "qmcp"), "agents", "list"], env, tmp)  # creates the tables once
     rows = []
+    python_start = median([wall([sys.executable, "-c", "pass"], env, tmp) for _ in range(repeat)])
     for label, args, target in (
         ("CLI `qmcp --help`", ["--help"], 0.3),
-        ("CLI `qmcp agents list`", ["agents", "list"], None),
+        ("CLI `qmcp agents list`", ["agents", "list"], 0.25),
     ):
         seconds = median([wall([str(BIN / "qmcp"), *args], env, tmp) for _ in range(repeat)])
-        rows.append(Row(label, seconds, "s", target, note=f"median of {repeat} processes"))
+        rows.append(
+            Row(
+                label,
+                seconds,
+                "s",
+                target,
+                note=f"median of {repeat} processes, warm bytecode cache, a SQLite database with "
+                f"its tables and no agents; a bare `python -c pass` takes {python_start:.3f} s",
+            )
+        )
     return rows
 
 

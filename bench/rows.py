@@ -9,7 +9,12 @@ from typing import Any, Literal
 
 @dataclass
 class Row:
-    """A figure with its unit, its target (None: informational) and which direction is better."""
+    """A figure with its unit, its target (None: informational) and which direction is better.
+
+    `reference` is the same figure for what qmcp is compared with in the same run (LangGraph, or
+    the one-tool MCP server), in the same unit. With `on_ratio` the target is on
+    value / reference (a ratio, "x"); otherwise on the value, and the reference is for context.
+    """
 
     name: str
     value: float
@@ -17,17 +22,36 @@ class Row:
     target: float | None = None
     better: Literal["lower", "higher"] = "lower"
     note: str = ""
+    reference: float | None = None
+    versus: str = ""  # what the reference is: "LangGraph", "one-tool server"
+    on_ratio: bool = False
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.reference if self.reference else None
+
+    @property
+    def judged(self) -> float:
+        """The figure the target applies to."""
+        if self.on_ratio:
+            assert self.ratio is not None, self.name
+            return self.ratio
+        return self.value
 
     @property
     def verdict(self) -> str:
         if self.target is None:
             return ""
-        holds = self.value <= self.target if self.better == "lower" else self.value >= self.target
+        figure = self.judged
+        holds = figure <= self.target if self.better == "lower" else figure >= self.target
         return "pass" if holds else "MISS"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["value"] = round(self.value, 4)
+        if self.reference is not None:
+            data["reference"] = round(self.reference, 4)
+            data["ratio"] = round(self.value / self.reference, 4)
         data["verdict"] = self.verdict
         return data
 
