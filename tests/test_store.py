@@ -59,6 +59,12 @@ def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     return holder
 
 
+def wait_for(holder: subprocess.Popen[str]) -> None:
+    holder.wait(10)
+    assert holder.stdout is not None
+    holder.stdout.close()
+
+
 def row(execution_id: uuid.UUID, key: str, **extra: Any) -> dict[str, Any]:
     now = utcnow()
     return {
@@ -142,7 +148,7 @@ async def test_event_loop_never_waits_on_another_process_lock(db_url: str) -> No
                 first_done = time.perf_counter() - t0
         stop.set()
         await tick
-        holder.wait(10)
+        wait_for(holder)
         assert first_done is not None and first_done >= 0.8, "the lock was really held"
         assert written > 10, "writes go on once the lock is released"
         worst_lags.append(worst[0])
@@ -176,7 +182,7 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_clear_qmcp_error(
         assert all(isinstance(r, DatabaseError) for r in results), results
         assert time.perf_counter() - t0 < 1.0
     finally:
-        holder.wait(10)
+        wait_for(holder)
     await new_execution(store)  # the connection is still good
     assert len(await store.list_executions()) == 1
     await store.close()
@@ -207,7 +213,7 @@ async def test_a_failing_write_fails_alone_when_writes_share_a_commit(db_url: st
         for i in range(20)
     ]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    holder.wait(10)
+    wait_for(holder)
     failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
     assert failed == [7] and isinstance(results[7], DatabaseError), results
     keys = sorted(r.key for r in await store.invocations(execution.id))
@@ -247,7 +253,7 @@ async def test_async_with_closes_and_an_idle_writer_thread_ends(
         execution = await new_execution(store)
         holder = hold_lock(db_path(db_url), 0.1)  # makes the next write go to the thread
         await store.record_invocations([row(execution.id, "a")])
-        holder.wait(10)
+        wait_for(holder)
         for _ in range(100):
             if not [t for t in threading.enumerate() if t.name == "qmcp-sqlite-writer"]:
                 break
@@ -423,7 +429,7 @@ async def test_the_wal_stays_bounded_under_back_to_back_checkpoints(
 ) -> None:
     """Automatic checkpoints are off on the writing connection; the writer thread's keep the WAL
     from growing even when checkpoints (one commit per row) come back to back. Without them it
-    grows by ~23 MB per 1500 rows here; with them it stops at a few MB."""
+    grows by ~23 MB per 1500 rows here (47 MB after 3000); with them it stops at a few MB."""
     monkeypatch.setattr(database_module, "WAL_CHECKPOINT_COMMITS", 50)
     store = Store(db_url)
     execution = await new_execution(store)
@@ -433,6 +439,6 @@ async def test_the_wal_stays_bounded_under_back_to_back_checkpoints(
         await store.record_invocations([row(execution.id, f"k{i}")])
         if i % 1500 == 1499:
             sizes.append(wal.stat().st_size)
-    assert sizes[0] < 12_000_000 and sizes[1] <= sizes[0] * 1.2, sizes
+    assert max(sizes) < 12_000_000, sizes
     assert len(await store.invocations(execution.id)) == 3000
     await store.close()
