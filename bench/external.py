@@ -77,6 +77,7 @@ async def seed(db: str) -> None:
 
 
 RUN_ARGS = {"topology": "b_pipe", "input": {"prompt": "hi"}}
+RUN_CALL = ("topologies_run", RUN_ARGS)
 
 
 async def checked_call(client: Any, tool: str, arguments: dict[str, Any]) -> float:

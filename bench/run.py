@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=GROUPS, help="measure only these groups")
     parser.add_argument("--output", type=Path, help="result file (default: results/latest.json)")
     args = parser.parse_args()
+    if set(args.only or GROUPS) & {"versus", "parallel"} and langgraph_version() is None:
+        parser.exit(2, "LangGraph is not installed: pip install -e '.[bench]' (or --only others)\n")
     partial = args.quick or bool(args.only)  # never replaces the full-run baseline by default
     output = args.output or RESULTS / ("quick.json" if partial else "latest.json")
     baseline = RESULTS / "latest.json"
