@@ -707,16 +707,17 @@ async def test_prune_by_age_keeps_recent_executions(db_url: str, tmp_path: Path)
     assert refused.returncode == 2 and refused.stderr.startswith("error:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.prune deletes executions and invocations but leaves their approvals (and "
-    "agent_memories rows keyed by execution) behind, so the database still grows",
-)
 async def test_prune_removes_the_approvals_of_pruned_executions(
     db_url: str, tmp_path: Path
 ) -> None:
+    """Approvals and memories of pruned executions were once left behind."""
     db_file = tmp_path / "agent.db"
     made = await make_executions(db_url)
+    store = Store(db_url)
+    for status in ("completed", "pending"):
+        await store.add_memory("r_a", made[status], "k", f"remembered in {status}")
     assert prune(db_file, "--older-than-days", "0").returncode == 0
     approvals = {uuid.UUID(r[0]) for r in rows(db_file, "select execution_id from approvals")}
     assert approvals == {made["pending"]}
+    memories = {uuid.UUID(r[0]) for r in rows(db_file, "select execution_id from agent_memories")}
+    assert memories == {made["pending"]}

@@ -581,8 +581,8 @@ class Store:
         return counted
 
     async def prune(self, older_than: timedelta) -> int:
-        """Delete finished executions (with their invocations and turns) older than
-        `older_than`."""
+        """Delete finished executions older than `older_than`, with every row kept for them
+        (invocations, turns, approvals, memories), in one transaction."""
         cutoff: datetime = utcnow() - older_than
         finished = [s for s in ExecutionStatus if s.finished]
 
@@ -597,6 +597,8 @@ class Store:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 connection.execute(delete(TURNS).where(TURNS.c.execution_id.in_(chunk)))
+                connection.execute(delete(APPROVALS).where(APPROVALS.c.execution_id.in_(chunk)))
+                connection.execute(delete(MEMORIES).where(MEMORIES.c.execution_id.in_(chunk)))
                 connection.execute(delete(INVOCATIONS).where(INVOCATIONS.c.execution_id.in_(chunk)))
                 connection.execute(delete(EXECUTIONS).where(EXECUTIONS.c.id.in_(chunk)))
             return len(ids)
