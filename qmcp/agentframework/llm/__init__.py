@@ -22,6 +22,7 @@ from qmcp.agentframework.llm.function import (
 )
 from qmcp.agentframework.llm.offline import OfflineProvider
 from qmcp.agentframework.llm.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
+from qmcp.agentframework.llm.redaction import redact
 from qmcp.agentframework.llm.wrappers import (
     Attempt,
     LimitedProvider,
@@ -58,6 +59,7 @@ __all__ = [
     "WrapperProvider",
     "count_tokens",
     "estimate_cost",
+    "redact",
     "register_function",
     "unregister_function",
 ]

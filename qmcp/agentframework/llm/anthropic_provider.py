@@ -23,6 +23,7 @@ from qmcp.agentframework.llm.base import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from qmcp.agentframework.llm.redaction import redact
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -164,14 +165,18 @@ def _retry_after(exc: Any) -> float | None:
 
 
 def _status_reason(exc: Any) -> str:
-    """`429 rate_limit_error: Too many requests` from an SDK status error, without headers."""
+    """`429 rate_limit_error: Too many requests` from an SDK status error, without headers.
+
+    Key material is redacted first: a gateway may echo the key it refused ("invalid x-api-key:
+    sk-ant-…"), and this message goes into records, results and logs.
+    """
     kind, detail = "", ""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error")
         error: dict[str, Any] = inner if isinstance(inner, dict) else body
-        kind = str(error.get("type", ""))
-        detail = str(error.get("message", ""))
+        kind = redact(str(error.get("type", "")))
+        detail = redact(str(error.get("message", "")))
     reason = f"Anthropic API error {exc.status_code}"
     if kind:
         reason += f" {kind}"
