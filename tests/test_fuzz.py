@@ -515,12 +515,8 @@ def test_mcp_surrogate_member_name_is_a_clear_error(mcp: McpHarness) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="approvals_answer with an id beyond SQLite's 64-bit INTEGER crashes with "
-    "OverflowError (store.decide_approval); the tool schema has no bound",
-)
 def test_mcp_approval_id_beyond_64_bits_is_a_clear_error(mcp: McpHarness) -> None:
+    """Such an id once reached SQLite and crashed with OverflowError; the schema bounds it."""
     check_tool_call(mcp, "approvals_answer", {"approval_id": 2**64, "approve": True})
 
 
@@ -722,6 +718,11 @@ def known_bug(argv: list[str], ident: str, reason: str) -> Any:
     return pytest.param(argv, id=ident, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
+def fixed_bug(argv: list[str], ident: str, defect: str) -> Any:
+    """A command line that crashed once (`defect` says how, for the reader); it must not again."""
+    return pytest.param(argv, id=ident)
+
+
 SURROGATE = (
     "a lone surrogate (argv bytes decoded with surrogateescape, or a JSON '\\ud800' escape) "
     "reaches {where} and raises UnicodeEncodeError: exit 1 with a traceback"
@@ -764,7 +765,7 @@ KNOWN_CLI_BUGS = [
         "prune-huge",
         "service.prune_executions: timedelta(days=1e300) raises OverflowError",
     ),
-    known_bug(
+    fixed_bug(
         ["approvals", "answer", "99999999999999999999", "--approve"],
         "approval-id-overflow",
         "an approval id beyond 64 bits reaches SQLite in store.decide_approval: OverflowError",

@@ -546,7 +546,8 @@ def approvals_list(
 
 @approvals_app.command("answer")
 def approvals_answer(
-    approval_id: Annotated[int, typer.Argument(help="the approval's id")],
+    # At most 2**63 - 1, a 64-bit INTEGER (service.MAX_ID, not imported: --help stays fast).
+    approval_id: Annotated[int, typer.Argument(help="the approval's id", min=1, max=2**63 - 1)],
     approve: Annotated[bool, typer.Option("--approve/--reject", help="the decision")],
     comment: Annotated[str | None, typer.Option(help="why")] = None,
     edit: Annotated[

@@ -51,6 +51,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SLOT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_DESCRIPTION = 10_000
 TOPOLOGY_PREFIX = "topology:"
+MAX_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL's BIGINT hold
 
 
 def check_name(kind: str, name: str) -> str:
@@ -459,6 +460,11 @@ async def answer_approval(
     db_url: str | None = None,
 ) -> Approval:
     """Record a human decision; the execution goes on when it is resumed."""
+    if not 1 <= approval_id <= MAX_ID:  # no repr: a huge int can exceed str()'s digit limit
+        raise ValidationError(
+            f"invalid approval id: ids are whole numbers from 1 to {MAX_ID} "
+            "(see `qmcp approvals list`)"
+        )
     return await Store(db_url).decide_approval(
         approval_id, approved, comment=comment, edited=edited, decided_by=decided_by
     )

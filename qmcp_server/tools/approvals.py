@@ -28,7 +28,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
 
     @tool(mcp, CREATE)
     async def approvals_answer(
-        approval_id: int,
+        approval_id: Annotated[int, Field(ge=1, le=2**63 - 1)],  # a 64-bit INTEGER
         approve: bool,
         comment: Annotated[str | None, Field(max_length=10_000)] = None,
         edited: Annotated[
