@@ -749,18 +749,18 @@ KNOWN_CLI_BUGS = [
         "cli.agents_create parses --capabilities-json catching ValueError only; deep nesting "
         "raises RecursionError",
     ),
-    known_bug(
+    fixed_bug(
         ["executions", "prune", "--older-than-days", "nan"],
         "prune-nan",
         "service.prune_executions checks `< 0` only; NaN passes and timedelta(days=nan) raises "
         "ValueError",
     ),
-    known_bug(
+    fixed_bug(
         ["executions", "prune", "--older-than-days", "inf"],
         "prune-inf",
         "service.prune_executions: timedelta(days=inf) raises OverflowError",
     ),
-    known_bug(
+    fixed_bug(
         ["executions", "prune", "--older-than-days", "1e300"],
         "prune-huge",
         "service.prune_executions: timedelta(days=1e300) raises OverflowError",

@@ -52,6 +52,7 @@ SLOT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_DESCRIPTION = 10_000
 TOPOLOGY_PREFIX = "topology:"
 MAX_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL's BIGINT hold
+MAX_PRUNE_DAYS = 36_500  # a century
 
 
 def check_name(kind: str, name: str) -> str:
@@ -435,8 +436,11 @@ async def get_execution(
 
 
 async def prune_executions(older_than_days: float, db_url: str | None = None) -> int:
-    if older_than_days < 0:
-        raise ValidationError("older_than_days must be zero or more")
+    # NaN fails every comparison; inf and 1e300 would overflow the date arithmetic.
+    if not 0 <= older_than_days <= MAX_PRUNE_DAYS:
+        raise ValidationError(
+            f"older_than_days must be a number of days from 0 to {MAX_PRUNE_DAYS} (100 years)"
+        )
     return await Store(db_url).prune(timedelta(days=older_than_days))
 
 
