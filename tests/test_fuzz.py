@@ -770,7 +770,7 @@ KNOWN_CLI_BUGS = [
         "approval-id-overflow",
         "an approval id beyond 64 bits reaches SQLite in store.decide_approval: OverflowError",
     ),
-    known_bug(
+    fixed_bug(
         ["agents", "topologies", "run", "base_pipe", "--timeout", "0"],
         "run-option-pydantic-dump",
         "cli.topologies_run prints `invalid run option: {exc}`: a 4-line pydantic dump with a "

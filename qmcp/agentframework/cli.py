@@ -328,8 +328,10 @@ def topologies_run(
     fmt: FormatOption = "table",
 ) -> None:
     """Run a topology and record the execution."""
+    from pydantic import ValidationError as PydanticValidationError
+
     from qmcp.agentframework import service
-    from qmcp.agentframework.errors import QmcpError
+    from qmcp.agentframework.errors import QmcpError, describe_validation_error
     from qmcp.agentframework.service import RunConfig
 
     _check_format(fmt)
@@ -337,6 +339,7 @@ def topologies_run(
         data = service.parse_json_object(input_json, "--input-json")
     except QmcpError as exc:
         _fail(str(exc))
+    flags = {"timeout_seconds": "--timeout", "max_retries": "--max-retries"}
     overrides: dict[str, Any] = {}
     if timeout is not None:
         overrides["timeout_seconds"] = timeout
@@ -344,8 +347,9 @@ def topologies_run(
         overrides["max_retries"] = max_retries
     try:
         config = RunConfig.model_validate(overrides)
-    except Exception as exc:
-        _fail(f"invalid run option: {exc}")
+    except PydanticValidationError as exc:
+        named = {flags.get(str(e["loc"][0]), str(e["loc"][0])) for e in exc.errors() if e["loc"]}
+        _fail(f"invalid run option {', '.join(sorted(named))}: {describe_validation_error(exc)}")
     result = _run_with_progress(
         lambda on_event: service.run_topology(
             name,
