@@ -743,7 +743,7 @@ KNOWN_CLI_BUGS = [
         "surrogate-filter",
         SURROGATE.format(where="SQLite in store.list_executions"),
     ),
-    known_bug(
+    fixed_bug(
         ["agents", "create", "deep", "executor", "--capabilities-json", "[" * 10_000],
         "deep-capabilities-json",
         "cli.agents_create parses --capabilities-json catching ValueError only; deep nesting "

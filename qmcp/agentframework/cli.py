@@ -171,14 +171,15 @@ def agents_create(
 ) -> None:
     """Create an agent type."""
     from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
 
     _check_format(fmt)
     capabilities: list[dict[str, Any]] = [{"name": name} for name in mixin or []]
     if capabilities_json:
         try:
-            parsed = json.loads(capabilities_json)
-        except ValueError as exc:
-            _fail(f"--capabilities-json is not valid JSON: {exc}")
+            parsed = service.parse_json(capabilities_json, "--capabilities-json")
+        except QmcpError as exc:
+            _fail(str(exc))
         if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
             _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
         capabilities += parsed

@@ -82,12 +82,20 @@ def check_description(description: str | None) -> str:
     return text
 
 
-def parse_json_object(text: str, what: str) -> dict[str, Any]:
-    """Parse user JSON that must be an object, with a message that says what was wrong."""
+def parse_json(text: str, what: str) -> Any:
+    """Parse user JSON, with a one-line message that says what was wrong."""
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ValidationError(f"{what} is nested too deeply") from None
+    except ValueError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from None
+    return value
+
+
+def parse_json_object(text: str, what: str) -> dict[str, Any]:
+    """Parse user JSON that must be an object, with a message that says what was wrong."""
+    value = parse_json(text, what)
     if not isinstance(value, dict):
         raise ValidationError(f'{what} must be a JSON object such as {{"prompt": "…"}}')
     return value
@@ -116,9 +124,9 @@ async def create_agent(
         fields["temperature"] = temperature
     if max_tokens is not None:
         fields["max_tokens"] = max_tokens
-    if capabilities:
-        fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
     try:
+        if capabilities:
+            fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
         config = AgentConfig(**fields)
     except PydanticValidationError as exc:
         raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None

@@ -70,7 +70,9 @@ def check_input(input_data: Any) -> dict[str, Any]:
         )
     try:
         encoded = json.dumps(input_data, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ValidationError("input is nested too deeply") from None
+    except (TypeError, ValueError) as exc:
         raise ValidationError(f"input is not JSON-serializable: {exc}") from None
     if len(encoded.encode()) > MAX_INPUT_BYTES:
         raise ValidationError(
