@@ -489,12 +489,8 @@ def test_mcp_tools_answer_clearly_and_never_half_write(
         lambda s: "ok" + s
     ),
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="lone surrogates (JSON '\\ud800' escapes) in a run input crash check_input "
-    "(runners/base.py: encoded.encode() raises UnicodeEncodeError, not a ValidationError)",
-)
 def test_mcp_lone_surrogates_in_run_input_are_a_clear_error(mcp: McpHarness, prompt: str) -> None:
+    """They once crashed check_input (UnicodeEncodeError); now a ValidationError names them."""
     count("mcp:surrogates")
     check_tool_call(mcp, "topologies_run", {"topology": "base_pipe", "input": {"prompt": prompt}})
     check_tool_call(
@@ -502,12 +498,8 @@ def test_mcp_lone_surrogates_in_run_input_are_a_clear_error(mcp: McpHarness, pro
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a slot member 'topology:<lone surrogate>' reaches SQLite and crashes with "
-    "UnicodeEncodeError (service.create_topology -> store.get_topology_row)",
-)
 def test_mcp_surrogate_member_name_is_a_clear_error(mcp: McpHarness) -> None:
+    """'topology:<lone surrogate>' once reached SQLite (store.get_topology_row) and crashed."""
     check_tool_call(
         mcp,
         "topologies_create",
@@ -714,10 +706,6 @@ def test_cli_exits_0_or_2_with_one_clear_line(cli_db: Path, case: CliCase) -> No
     check_cli_result(result, case, before, row_counts(cli_db))
 
 
-def known_bug(argv: list[str], ident: str, reason: str) -> Any:
-    return pytest.param(argv, id=ident, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
 def fixed_bug(argv: list[str], ident: str, defect: str) -> Any:
     """A command line that crashed once (`defect` says how, for the reader); it must not again."""
     return pytest.param(argv, id=ident)
@@ -725,20 +713,20 @@ def fixed_bug(argv: list[str], ident: str, defect: str) -> Any:
 
 SURROGATE = (
     "a lone surrogate (argv bytes decoded with surrogateescape, or a JSON '\\ud800' escape) "
-    "reaches {where} and raises UnicodeEncodeError: exit 1 with a traceback"
+    "reached {where} and raised UnicodeEncodeError: exit 1 with a traceback"
 )
-KNOWN_CLI_BUGS = [
-    known_bug(
+FIXED_CLI_BUGS = [
+    fixed_bug(
         ["agents", "create", "sur", "executor", "--model", "offline", "--description", "\udcff"],
         "surrogate-description",
         SURROGATE.format(where="SQLite in store.add_agent"),
     ),
-    known_bug(
+    fixed_bug(
         ["agents", "topologies", "run", "base_pipe", "--input-json", '{"prompt": "\\ud800"}'],
         "surrogate-escape-in-input",
         SURROGATE.format(where="encoded.encode() in runners/base.py check_input"),
     ),
-    known_bug(
+    fixed_bug(
         ["executions", "list", "--topology", "\udcff"],
         "surrogate-filter",
         SURROGATE.format(where="SQLite in store.list_executions"),
@@ -779,7 +767,7 @@ KNOWN_CLI_BUGS = [
 ]
 
 
-@pytest.mark.parametrize("argv", KNOWN_CLI_BUGS)
+@pytest.mark.parametrize("argv", FIXED_CLI_BUGS)
 def test_cli_known_bad_inputs_get_one_clear_line(cli_db: Path, argv: list[str]) -> None:
     before = row_counts(cli_db)
     result = run_cli(CliRunner(), argv, cli_db)
@@ -834,12 +822,8 @@ def test_cli_processes_refuse_bad_input_with_exit_2(cli_db: Path) -> None:
     assert row_counts(cli_db) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="undecodable argv bytes become lone surrogates (surrogateescape) and crash the "
-    "description write with UnicodeEncodeError: exit 1 with a traceback",
-)
 def test_cli_process_undecodable_description_bytes(cli_db: Path) -> None:
+    """argv bytes decoded with surrogateescape once crashed the description write."""
     process = qmcp_process(
         ["agents", "create", "bytes", "executor", "--model", "offline", "--description", b"\xff"],
         cli_db,

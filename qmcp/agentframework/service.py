@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -54,8 +54,40 @@ TOPOLOGY_PREFIX = "topology:"
 MAX_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL's BIGINT hold
 MAX_PRUNE_DAYS = 36_500  # a century
 
+T = TypeVar("T")
+
+
+def check_text(what: str, value: T) -> T:
+    """Refuse a lone surrogate anywhere in user text: a string, or the keys and values of JSON.
+
+    Python strings can hold one (a JSON "\\ud800" escape, argv bytes decoded with
+    surrogateescape) but UTF-8 cannot, so it would fail later, in SQLite or in a request body.
+    """
+    pending: list[Any] = [value]
+    seen: set[int] = set()
+    while pending:  # no recursion: deep JSON must not raise RecursionError here
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValidationError(
+                        f"{what} contains a lone surrogate (\\u{ord(item[exc.start]):04x}); "
+                        "send valid UTF-8 text"
+                    ) from None
+        elif isinstance(item, Mapping | list | tuple) and id(item) not in seen:
+            seen.add(id(item))  # containers of `value`: alive, so their ids stay theirs
+            if isinstance(item, Mapping):
+                pending.extend(item.keys())
+                pending.extend(item.values())
+            else:
+                pending.extend(item)
+    return value
+
 
 def check_name(kind: str, name: str) -> str:
+    check_text(f"{kind} name", name)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValidationError(
             f"invalid {kind} name {str(name)[:120]!r}: use 1-100 letters, digits, '_', '-' or '.', "
@@ -65,6 +97,7 @@ def check_name(kind: str, name: str) -> str:
 
 
 def check_slot(slot: str) -> str:
+    check_text("slot name", slot)
     if not isinstance(slot, str) or not SLOT_PATTERN.match(slot):
         raise ValidationError(
             f"invalid slot name {str(slot)[:120]!r}: use letters, digits and '_', starting with a "
@@ -74,7 +107,7 @@ def check_slot(slot: str) -> str:
 
 
 def check_description(description: str | None) -> str:
-    text = description or ""
+    text = check_text("description", description or "")
     if len(text) > MAX_DESCRIPTION:
         raise ValidationError(
             f"description is {len(text)} characters; the limit is {MAX_DESCRIPTION}"
@@ -84,13 +117,14 @@ def check_description(description: str | None) -> str:
 
 def parse_json(text: str, what: str) -> Any:
     """Parse user JSON, with a one-line message that says what was wrong."""
+    check_text(what, text)
     try:
         value = json.loads(text)
     except RecursionError:
         raise ValidationError(f"{what} is nested too deeply") from None
     except ValueError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from None
-    return value
+    return check_text(what, value)  # "\\ud800" escapes decode to lone surrogates
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
@@ -117,6 +151,10 @@ async def create_agent(
     db_url: str | None = None,
 ) -> AgentType:
     check_name("agent", name)
+    check_text("role", role)
+    check_text("model", model)
+    check_text("system prompt", system_prompt)
+    check_text("capabilities", capabilities)
     parsed_role = AgentRole.parse(role)
     model_config = Models.parse(model) if isinstance(model, str) else model or Models.default()
     fields: dict[str, Any] = {"model_config_obj": model_config, "system_prompt": system_prompt}
@@ -141,11 +179,13 @@ async def create_agent(
 
 
 async def list_agents(role: str | None = None, db_url: str | None = None) -> list[AgentType]:
-    return await Store(db_url).list_agents(AgentRole.parse(role).value if role else None)
+    return await Store(db_url).list_agents(
+        AgentRole.parse(check_text("role", role)).value if role else None
+    )
 
 
 async def get_agent(name: str, db_url: str | None = None) -> AgentType:
-    return await Store(db_url).get_agent(name)
+    return await Store(db_url).get_agent(check_text("agent name", name))
 
 
 def agent_to_dict(agent: AgentType) -> dict[str, Any]:
@@ -180,9 +220,13 @@ async def create_topology(
     A slot names an agent, or `topology:<name>` for a stored topology (a compound topology).
     """
     check_name("topology", name)
-    kind = TopologyRegistry.get(topology_type)
-    for slot in slots:
+    check_text("topology type", topology_type)
+    for slot, member_name in slots.items():
         check_slot(slot)
+        check_text(f"slot {slot!r}", member_name)
+    check_text("config", config)
+    description = check_description(description)
+    kind = TopologyRegistry.get(topology_type)
     parsed = kind.validate(dict(config or {}), list(slots))
     store = Store(db_url)
     members: dict[str, AgentType | Topology] = {}
@@ -199,7 +243,7 @@ async def create_topology(
             members[slot] = await store.get_agent(member_name)
     topology = Topology(
         name=name,
-        description=check_description(description),
+        description=description,
         topology_type=kind.type,
         config=parsed.model_dump(mode="json"),
     )
@@ -213,7 +257,7 @@ async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, dic
 async def get_topology(
     name: str, db_url: str | None = None
 ) -> tuple[Topology, dict[str, AgentType]]:
-    return await Store(db_url).get_topology(name)
+    return await Store(db_url).get_topology(check_text("topology name", name))
 
 
 def topology_to_dict(
@@ -432,6 +476,8 @@ async def list_executions(
 ) -> list[Execution]:
     if not 1 <= limit <= 1000:
         raise ValidationError("limit must be between 1 and 1000")
+    check_text("status", status)
+    check_text("topology name", topology)
     return await Store(db_url).list_executions(limit=limit, status=status, topology=topology)
 
 
@@ -477,6 +523,8 @@ async def answer_approval(
             f"invalid approval id: ids are whole numbers from 1 to {MAX_ID} "
             "(see `qmcp approvals list`)"
         )
+    check_text("comment", comment)
+    check_text("edited answer", edited)
     return await Store(db_url).decide_approval(
         approval_id, approved, comment=comment, edited=edited, decided_by=decided_by
     )

@@ -74,10 +74,15 @@ def check_input(input_data: Any) -> dict[str, Any]:
         raise ValidationError("input is nested too deeply") from None
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"input is not JSON-serializable: {exc}") from None
-    if len(encoded.encode()) > MAX_INPUT_BYTES:
+    try:
+        size = len(encoded.encode())
+    except UnicodeEncodeError as exc:  # a JSON "\\ud800" escape decodes to a lone surrogate
         raise ValidationError(
-            f"input is {len(encoded.encode())} bytes; the limit is {MAX_INPUT_BYTES} bytes"
-        )
+            f"input contains a lone surrogate (\\u{ord(encoded[exc.start]):04x}); "
+            "send valid UTF-8 text"
+        ) from None
+    if size > MAX_INPUT_BYTES:
+        raise ValidationError(f"input is {size} bytes; the limit is {MAX_INPUT_BYTES} bytes")
     return json.loads(encoded)
 
 
