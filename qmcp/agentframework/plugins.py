@@ -32,6 +32,12 @@ def loading_builtins() -> bool:
     return _state["loading"]
 
 
+def ensure_plugins() -> None:
+    """Load the plugins once (the registries' look-ups call this: one check when loaded)."""
+    if not _state["ready"]:
+        load_plugins()
+
+
 def load_plugins() -> list[str]:
     """Load every plugin not loaded yet; the names of the `QMCP_PLUGINS` modules."""
     names = [m.strip() for m in os.environ.get("QMCP_PLUGINS", "").split(",") if m.strip()]

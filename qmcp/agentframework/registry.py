@@ -57,9 +57,9 @@ class Registry(Generic[T]):
         return item
 
     def get(self, name: str) -> T:
-        from qmcp.agentframework.plugins import load_plugins
+        from qmcp.agentframework.plugins import ensure_plugins
 
-        load_plugins()
+        ensure_plugins()
         try:
             key = self._key(name)
             return self._items[key]
@@ -71,9 +71,9 @@ class Registry(Generic[T]):
 
     def find(self, name: str) -> T | None:
         """The item, or None: for callers that have their own answer to a missing name."""
-        from qmcp.agentframework.plugins import load_plugins
+        from qmcp.agentframework.plugins import ensure_plugins
 
-        load_plugins()
+        ensure_plugins()
         try:
             return self._items.get(self._key(name))
         except (ValueError, QmcpError):
@@ -81,15 +81,15 @@ class Registry(Generic[T]):
 
     def list(self) -> builtins.list[str]:
         """The registered names, in registration order."""
-        from qmcp.agentframework.plugins import load_plugins
+        from qmcp.agentframework.plugins import ensure_plugins
 
-        load_plugins()
+        ensure_plugins()
         return list(self._items)
 
     def items(self) -> builtins.list[T]:
-        from qmcp.agentframework.plugins import load_plugins
+        from qmcp.agentframework.plugins import ensure_plugins
 
-        load_plugins()
+        ensure_plugins()
         return list(self._items.values())
 
     def __contains__(self, name: str) -> bool:

@@ -40,9 +40,28 @@ def render_payload(payload: Any) -> str:
             rest = {k: v for k, v in payload.items() if k != key}
             if not rest:
                 return value
-            context = json.dumps(rest, ensure_ascii=False, indent=2, sort_keys=True, default=str)
-            return f"{value}\n\nContext:\n{context}"
-    return json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+            return f"{value}\n\nContext:\n{_indented(rest)}"
+    return _indented(payload)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _indented(data: dict[str, Any]) -> str:
+    """`json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True, default=str)`.
+
+    With `indent`, the json module encodes in Python, not C; a flat object of scalars (what a
+    pipeline stage passes on) is built here from C-encoded parts instead, with the same text.
+    """
+    if (
+        data
+        and all(type(k) is str for k in data)
+        and all(type(v) in _SCALARS for v in data.values())
+    ):
+        lines = ",\n".join(f"  {_encode(k)}: {_encode(data[k])}" for k in sorted(data))
+        return "{\n" + lines + "\n}"
+    return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True, default=str)
 
 
 def parse_json_object(text: str) -> dict[str, Any] | None:

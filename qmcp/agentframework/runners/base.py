@@ -197,17 +197,30 @@ class BaseRunner:
         setups = validate_members(agents)
         data = check_input(input_data)
         await self.store.init()
-        execution = Execution(
+        now = utcnow()
+        # Every column given and every value built here, so the row needs no validation:
+        # `model_construct` skips SQLModel's ORM constructor (most of a small run's fixed cost).
+        execution = Execution.model_construct(
+            id=uuid.uuid4(),
             topology_name=topology.name,
             topology_id=topology.id,
             runner_type=self.runner_type,
             status=ExecutionStatus.RUNNING,
             input=data,
+            output=None,
+            error=None,
             correlation_id=self.config.correlation_id or uuid.uuid4().hex,
             snapshot=snapshot_of(topology, agents, config)
             | {"run_config": self.config.model_dump(mode="json")},
             owner=owner_token(),
-            started_at=utcnow(),
+            created_at=now,
+            started_at=now,
+            completed_at=None,
+            duration_ms=None,
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=None,
+            invocation_count=0,
         )
         await self.store.add_execution(execution)
         return PreparedRun(execution, kind, config, dict(agents), data, {}, 0, setups)
@@ -351,9 +364,10 @@ class BaseRunner:
         t0: float,
         previous_ms: int,
     ) -> datetime:
-        """Record the outcome, in one store transaction. The duration is the execution's whole
-        run time: the earlier segments' (`previous_ms`, before a resume) plus this one's."""
-        await engine.flush()
+        """Record the outcome, with the rows a run without checkpointing kept, in one store
+        transaction. The duration is the execution's whole run time: the earlier segments'
+        (`previous_ms`, before a resume) plus this one's."""
+        rows, turns = engine.take_pending()
         metrics = self.config.metrics_enabled
         completed_at = await self.store.finish_execution(
             execution.id,
@@ -362,6 +376,8 @@ class BaseRunner:
             error=error,
             duration_ms=previous_ms + int((time.perf_counter() - t0) * 1000),
             metrics=metrics,
+            invocations=rows,
+            turns=turns,
         )
         if (
             metrics

@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,11 +87,38 @@ class AgentSetup(NamedTuple):
     toolbox: Toolbox | None = None
 
 
+_SETUPS: OrderedDict[tuple[Any, ...], AgentSetup] = OrderedDict()
+_SETUPS_KEPT = 512
+
+
 def agent_setup(agent: AgentType) -> AgentSetup:
+    """What an agent resolves to: its validated config, its mixins and its system prompt.
+
+    Resolved once per distinct agent (name, role, description and config, compared by value)
+    and kept in a small LRU, so a process that runs the same agents again does not validate
+    them again.
+    """
+    key = (agent.name, str(agent.role), agent.description, _frozen(agent.config or {}))
+    setup = _SETUPS.get(key)
+    if setup is not None:
+        _SETUPS.move_to_end(key)
+        return setup
     config = AgentConfig.model_validate(agent.config or {})
     ProviderRegistry.get(config.model_config_obj.provider)  # unknown: fails at the start
     mixins = MixinRegistry.resolve(config.capabilities)
-    return AgentSetup(config, mixins, system_prompt_for(agent, config))
+    setup = _SETUPS[key] = AgentSetup(config, mixins, system_prompt_for(agent, config))
+    if len(_SETUPS) > _SETUPS_KEPT:
+        _SETUPS.popitem(last=False)
+    return setup
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable copy of a JSON value (dict keys in order; a dict is not a list of pairs)."""
+    if isinstance(value, dict):
+        return ("{", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("[", tuple(_frozen(v) for v in value))
+    return value
 
 
 async def _awaited(item: Awaitable[T]) -> T:
@@ -139,6 +167,7 @@ class Engine:
         self.pending_turns: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
         self._setups: dict[int, AgentSetup] = dict(setups or {})
+        self._inline: dict[int, bool] = {}  # per agent setup: does its provider answer inline
         self.root = Scope(self, agents)
 
     # -- RunContext (the root scope) ---------------------------------------------------------
@@ -282,7 +311,10 @@ class Engine:
         no timeout and no concurrency slot: there is nothing either could bound."""
         model = setup.config.model_config_obj
         provider: Provider = ProviderRegistry.provider(model.provider)
-        if not provider.capabilities(model.model).answers_inline:
+        inline = self._inline.get(id(setup))
+        if inline is None:
+            inline = self._inline[id(setup)] = provider.capabilities(model.model).answers_inline
+        if not inline:
             # A moment beyond the agent's timeout, so a provider that times its own requests
             # (an SDK) reports it in its own words.
             provider = TimeoutProvider(provider, setup.config.timeout_seconds + 1.0)
@@ -342,11 +374,17 @@ class Engine:
             self.pending_turns.append(row)
 
     async def flush(self) -> None:
-        turns, self.pending_turns = self.pending_turns, []
+        """Write the rows kept for the end (a Metaflow step writes them when it ends)."""
+        rows, turns = self.take_pending()
         if turns:
             await self.store.record_turns(turns)
-        rows, self.pending_rows = self.pending_rows, []
         await self.store.record_invocations(rows)
+
+    def take_pending(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The invocation and turn rows a run without checkpointing kept for its end."""
+        rows, self.pending_rows = self.pending_rows, []
+        turns, self.pending_turns = self.pending_turns, []
+        return rows, turns
 
     def _agent_setup(self, agent: AgentType) -> AgentSetup:
         setup = self._setups.get(id(agent))

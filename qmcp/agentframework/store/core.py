@@ -351,12 +351,16 @@ class Store:
         error: str | None,
         duration_ms: int,
         metrics: bool = True,
+        invocations: Sequence[dict[str, Any]] = (),
+        turns: Sequence[dict[str, Any]] = (),
     ) -> datetime:
         """Record how an execution ended, in one transaction; returns its `completed_at`.
 
         `duration_ms` is the summed wall time of every run segment of the execution (a resumed
         execution's earlier segments plus this one). With `metrics`, the totals (invocation
         count, tokens, cost) are summed from its invocation rows. The owner is cleared.
+        `invocations` and `turns` are rows a run without checkpointing kept until its end: they
+        are written in the same transaction.
         """
         completed_at = utcnow()
         values: dict[str, Any] = {
@@ -369,13 +373,20 @@ class Store:
             "ident": execution_id,
         }
 
+        rows, turn_rows = list(invocations), list(turns)
+
         def finish(connection: Connection) -> int:
+            if turn_rows:
+                connection.execute(_INSERT_TURNS, turn_rows)
+            if rows:
+                connection.execute(_INSERT_INVOCATIONS, rows)
             if metrics:
                 totals = connection.execute(_SELECT_TOTALS, {"ident": execution_id}).one()
                 values.update(_totals(totals))
             return connection.execute(_UPDATE_EXECUTION, values).rowcount
 
-        if await self._write(finish, now=True) == 0:
+        small = len(rows) + len(turn_rows) <= SMALL_WRITE_ROWS
+        if await self._write(finish, now=small) == 0:
             raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
         return completed_at
 

@@ -80,7 +80,9 @@ async def converse(
         state.tool_calls -= len(_tool_uses(state.turns[-1]))
         await _answer_calls(state, toolbox, _tool_uses(state.turns[-1]), max_tool_calls, on_turn)
     while True:
-        asked = request.model_copy(update={"messages": [*request.messages, *state.turns]})
+        asked = request
+        if state.turns:
+            asked = request.model_copy(update={"messages": [*request.messages, *state.turns]})
         if state.limited:
             asked = asked.model_copy(update={"tool_choice": "none"})
         response = await provider.complete(asked)
