@@ -458,3 +458,33 @@ async def test_service_runs_still_work_through_the_seam(db_url: str) -> None:
     await service.create_topology("solo", "pipeline", {"s": "a1"}, db_url=db_url)
     result = await service.run_topology("solo", {"prompt": "hi"}, db_url=db_url)
     assert result.status == "completed" and "[offline model]" in result.output["content"]
+
+
+async def test_concurrent_branches_share_commits_and_every_row_lands(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: ten branches that finish in the same turn of the event loop are one
+    transaction; each branch goes on only once its row is committed."""
+    register_function("instant_gc", lambda r: f"ok {r.slot}")
+    batches: list[int] = []
+    original = Store.record_invocations
+
+    async def spy(self: Store, rows: Any) -> None:
+        batches.append(len(rows))
+        await original(self, rows)
+
+    monkeypatch.setattr(Store, "record_invocations", spy)
+    try:
+        agents = {f"ensemble_{i}": agent(f"m{i}", "instant_gc") for i in range(10)}
+        topology = Topology(
+            name="gc", topology_type="ensemble", config={"aggregation_method": "concat"}
+        )
+        result = await AsyncRunner(db_url=db_url, max_concurrent=10).run(
+            topology, agents, {"prompt": "q"}
+        )
+        assert result.status == "completed", result.error
+        assert sum(batches) == 10 and len(batches) < 10, batches
+        rows = await Store(db_url).invocations(result.execution_id)
+        assert sorted(r.slot for r in rows) == sorted(agents)
+    finally:
+        unregister_function("instant_gc")

@@ -367,6 +367,7 @@ class BaseRunner:
         """Record the outcome, with the rows a run without checkpointing kept, in one store
         transaction. The duration is the execution's whole run time: the earlier segments'
         (`previous_ms`, before a resume) plus this one's."""
+        await engine.settle()
         rows, turns = engine.take_pending()
         metrics = self.config.metrics_enabled
         completed_at = await self.store.finish_execution(

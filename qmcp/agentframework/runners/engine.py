@@ -165,6 +165,9 @@ class Engine:
         self.done = 0
         self.pending_rows: list[dict[str, Any]] = []
         self.pending_turns: list[dict[str, Any]] = []
+        self._batch: list[dict[str, Any]] = []
+        self._batch_done: asyncio.Future[None] | None = None
+        self._commits: set[asyncio.Future[None]] = set()
         self._attempts: dict[str, int] = {}
         self._setups: dict[int, AgentSetup] = dict(setups or {})
         self._inline: dict[int, bool] = {}  # per agent setup: does its provider answer inline
@@ -361,11 +364,50 @@ class Engine:
     # -- recording --------------------------------------------------------------------------
 
     async def _record(self, row: dict[str, Any]) -> None:
-        """Checkpointing commits each row as it finishes; otherwise rows are batched to the end."""
-        if self.config.checkpoint_enabled:
-            await self.store.record_invocations([row])
-        else:
+        """Checkpointing commits each row before its invocation returns; otherwise rows are kept
+        for the end of the run.
+
+        Concurrent branches share commits (group commit): rows recorded while the event loop
+        turns once go into one transaction, and each branch goes on once its row is committed.
+        """
+        if not self.config.checkpoint_enabled:
             self.pending_rows.append(row)
+            return
+        if self.concurrency is None:
+            await self.store.record_invocations([row])
+            return
+        self._batch.append(row)
+        if self._batch_done is None:
+            loop = asyncio.get_running_loop()
+            self._batch_done = loop.create_future()
+            loop.call_soon(self._commit_batch)
+        await asyncio.shield(self._batch_done)
+
+    def _commit_batch(self) -> None:
+        rows, self._batch = self._batch, []
+        done, self._batch_done = self._batch_done, None
+        assert done is not None
+        task = asyncio.ensure_future(self.store.record_invocations(rows))
+        self._commits.add(task)
+
+        def settle(task: asyncio.Future[None]) -> None:
+            self._commits.discard(task)
+            if done.cancelled():
+                return
+            if task.cancelled():
+                done.cancel()
+            elif task.exception() is not None:
+                done.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                done.set_result(None)
+
+        task.add_done_callback(settle)
+
+    async def settle(self) -> None:
+        """Wait for group commits still in flight (a cancelled branch's row lands before the
+        run records its end, so the execution's counts equal its rows)."""
+        while self._commits:
+            await asyncio.gather(*self._commits, return_exceptions=True)
 
     async def _record_turn(self, row: dict[str, Any]) -> None:
         if self.config.checkpoint_enabled:
