@@ -7,13 +7,14 @@ runs in one transaction, on every backend the same way; reads are async ORM sess
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
 from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
@@ -43,6 +44,7 @@ from qmcp.agentframework.store.migrations import upgrade
 from qmcp.agentframework.store.owners import owner_alive
 
 M = TypeVar("M", bound=SQLModel)
+T = TypeVar("T")
 
 
 def _table(model: type[SQLModel]) -> Table:
@@ -183,6 +185,11 @@ class Store:
         async with self.database.session() as session:
             yield session
 
+    async def _read(self, fn: Callable[[Session], T]) -> T:
+        """Run a read function with an ORM session (see `Database.read`)."""
+        await self.init()
+        return await self.database.read(fn)
+
     async def _write(self, fn: Any, *, conflict: str | None = None, now: bool = False) -> Any:
         """Run a write function in one transaction; `now`: a small one (see `Database.write`)."""
         await self.init()
@@ -255,20 +262,19 @@ class Store:
 
     async def get_topology(self, name: str) -> tuple[Topology, dict[str, Any]]:
         """A stored topology and its slots (slot -> agent or SubTopology), in slot order."""
-        async with self.session() as s:
-            topology = (
-                await s.execute(select(Topology).where(col(Topology.name) == name))
-            ).scalar()
+
+        def read(s: Session) -> tuple[Topology, dict[str, Any]]:
+            topology = s.execute(select(Topology).where(col(Topology.name) == name)).scalar()
             if topology is None:
                 raise NotFoundError(
                     f"no topology named {name!r}; see `qmcp agents topologies list`"
                 )
-            return topology, await self._members(s, topology, (topology.id,))
+            return topology, self._members(s, topology, (topology.id,))
 
-    async def _members(
-        self, s: AsyncSession, topology: Topology, path: tuple[Any, ...]
-    ) -> dict[str, Any]:
-        rows = await s.execute(
+        return await self._read(read)
+
+    def _members(self, s: Session, topology: Topology, path: tuple[Any, ...]) -> dict[str, Any]:
+        rows = s.execute(
             select(TopologyMembership, AgentType, Topology)
             .outerjoin(AgentType, col(AgentType.id) == col(TopologyMembership.agent_type_id))
             .outerjoin(Topology, col(Topology.id) == col(TopologyMembership.sub_topology_id))
@@ -288,9 +294,7 @@ class Store:
                 raise ValidationError(
                     f"topology {topology.name!r} nests deeper than {MAX_NESTING} levels"
                 )
-            members[membership.slot_name] = SubTopology(
-                sub, await self._members(s, sub, (*path, sub.id))
-            )
+            members[membership.slot_name] = SubTopology(sub, self._members(s, sub, (*path, sub.id)))
         return members
 
     async def get_topology_row(self, name: str) -> Topology:

@@ -39,7 +39,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool, SingletonThreadPool
 
 from qmcp.agentframework.errors import ConflictError, QmcpError, ValidationError
 
@@ -47,6 +48,9 @@ T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A read on the caller's thread waits this long at most (WAL readers wait only in rare cases,
+# such as another process recovering the WAL).
+SQLITE_READ_BUSY_MS = 2_000
 # A writer thread with nothing to do for this long closes its connection and exits.
 WRITER_IDLE_SECONDS = 2.0
 # The writer thread checkpoints the WAL after this many commits (SQLite's automatic checkpoint is
@@ -375,6 +379,7 @@ class Database:
         self.ready = False
         self._engine: AsyncEngine | None = None
         self._writer: SqliteWriter | None = None
+        self._reader: Engine | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -437,6 +442,35 @@ class Database:
                 raise
             raise translated from exc
 
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn(session)`, a read, and return what it returns.
+
+        A SQLite file is read on the caller's thread through a plain connection: in WAL mode a
+        reader never waits for a writer, and a read of a few rows costs less than the hand-offs
+        to aiosqlite's thread. Other databases read through the async engine.
+        """
+        try:
+            if self.file is not None:
+                with Session(self._sqlite_reader(), expire_on_commit=False) as session:
+                    return fn(session)
+            async with AsyncSession(self.engine, expire_on_commit=False) as async_session:
+                return await async_session.run_sync(fn)
+        except SQLAlchemyError as exc:
+            raise translate(exc, self.url) from exc
+
+    def _sqlite_reader(self) -> Engine:
+        if self._reader is None:
+            assert self.file is not None
+            # One connection per thread (SQLite connections are not shared across threads).
+            engine = create_engine(
+                self.parsed.set(drivername="sqlite+pysqlite"),
+                poolclass=SingletonThreadPool,
+                connect_args={"timeout": SQLITE_READ_BUSY_MS / 1000, "check_same_thread": False},
+            )
+            event.listen(engine, "connect", _sqlite_pragmas(SQLITE_READ_BUSY_MS))
+            self._reader = engine
+        return self._reader
+
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """An ORM session for reads; database errors become `DatabaseError`."""
@@ -454,6 +488,9 @@ class Database:
 
     async def close(self) -> None:
         """Finish queued writes, stop the writer, dispose the engines."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.dispose()
         if self._writer is not None:
             await asyncio.to_thread(self.stop_writer)
         engine, self._engine = self._engine, None
