@@ -197,18 +197,20 @@ class Store:
 
     # -- agents -----------------------------------------------------------------------------
 
-    async def add_agent(self, agent: AgentType) -> AgentType:
-        values = _values(agent)
+    async def _add(self, table: Table, obj: M, conflict: str) -> M:
+        """Insert one object's row and read it back as stored (its id, its defaults)."""
+        values = _values(obj)
 
-        def add(connection: Connection) -> AgentType | None:
-            ident = _insert(connection, AGENTS, values)
-            return _fetch(connection, AgentType, ident)
+        def add(connection: Connection) -> M | None:
+            return _fetch(connection, type(obj), _insert(connection, table, values))
 
-        stored: AgentType = await self._write(
-            add,
-            conflict=f"an agent named {agent.name!r} already exists; choose another name",
-        )
+        stored: M = await self._write(add, conflict=conflict)
         return stored
+
+    async def add_agent(self, agent: AgentType) -> AgentType:
+        return await self._add(
+            AGENTS, agent, f"an agent named {agent.name!r} already exists; choose another name"
+        )
 
     async def get_agent(self, name: str) -> AgentType:
         async with self.session() as s:
@@ -535,18 +537,12 @@ class Store:
             ).scalar()
 
     async def add_approval(self, approval: Approval) -> Approval:
-        values = _values(approval)
-
-        def add(connection: Connection) -> Approval | None:
-            ident = _insert(connection, APPROVALS, values)
-            return _fetch(connection, Approval, ident)
-
-        stored: Approval = await self._write(
-            add,
-            conflict=f"an approval for invocation {approval.key!r} of execution "
+        return await self._add(
+            APPROVALS,
+            approval,
+            f"an approval for invocation {approval.key!r} of execution "
             f"{approval.execution_id} already exists",
         )
-        return stored
 
     async def list_approvals(self, status: str | None = None, limit: int = 50) -> list[Approval]:
         query = select(Approval).order_by(col(Approval.id).desc()).limit(limit)
