@@ -488,3 +488,25 @@ async def test_concurrent_branches_share_commits_and_every_row_lands(
         assert sorted(r.slot for r in rows) == sorted(agents)
     finally:
         unregister_function("instant_gc")
+
+
+async def test_a_long_run_without_checkpointing_writes_every_row_by_its_end(db_url: str) -> None:
+    """Rows beyond a batch go to the store in the background; all of them land by the end."""
+    register_function("instant_bg", lambda r: f"ok {r.slot}")
+    try:
+        agents = {f"ensemble_{i}": agent(f"b{i}", "instant_bg") for i in range(40)}
+        topology = Topology(
+            name="bg", topology_type="ensemble", config={"aggregation_method": "concat"}
+        )
+        runner = AsyncRunner(
+            db_url=db_url, max_concurrent=8, config=RunConfig(checkpoint_enabled=False)
+        )
+        result = await runner.run(topology, agents, {"prompt": "q"})
+        assert result.status == "completed", result.error
+        store = Store(db_url)
+        rows = await store.invocations(result.execution_id)
+        assert sorted(r.slot for r in rows) == sorted(agents)
+        execution = await store.get_execution(result.execution_id)
+        assert execution.invocation_count == 40
+    finally:
+        unregister_function("instant_bg")

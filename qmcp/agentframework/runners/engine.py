@@ -78,6 +78,10 @@ class InvocationEvent:
 EventHandler = Callable[[InvocationEvent], Awaitable[None] | None]
 
 
+# Rows a run without checkpointing hands to the store in the background, at a time.
+BACKGROUND_BATCH_ROWS = 16
+
+
 class AgentSetup(NamedTuple):
     """What an agent's config resolves to, computed once per run."""
 
@@ -372,6 +376,13 @@ class Engine:
         """
         if not self.config.checkpoint_enabled:
             self.pending_rows.append(row)
+            if len(self.pending_rows) >= BACKGROUND_BATCH_ROWS:
+                # A long run without checkpointing writes its rows in the background as it goes
+                # (nothing waits for them), so its end has only the last few left to write.
+                rows, self.pending_rows = self.pending_rows, []
+                task = asyncio.ensure_future(self._write_later(rows))
+                self._commits.add(task)
+                task.add_done_callback(self._commits.discard)
             return
         if self.concurrency is None:
             await self.store.record_invocations([row])
@@ -382,6 +393,14 @@ class Engine:
             self._batch_done = loop.create_future()
             loop.call_soon(self._commit_batch)
         await asyncio.shield(self._batch_done)
+
+    async def _write_later(self, rows: list[dict[str, Any]]) -> None:
+        """A background batch; if it cannot be written, its rows go back to the end's write
+        (which then reports the database's error with the run's outcome)."""
+        try:
+            await self.store.record_invocations(rows)
+        except Exception:
+            self.pending_rows[:0] = rows
 
     def _commit_batch(self) -> None:
         rows, self._batch = self._batch, []
@@ -404,8 +423,8 @@ class Engine:
         task.add_done_callback(settle)
 
     async def settle(self) -> None:
-        """Wait for group commits still in flight (a cancelled branch's row lands before the
-        run records its end, so the execution's counts equal its rows)."""
+        """Wait for commits still in flight (group commits, background batches), so every row
+        lands before the run records its end and the execution's counts equal its rows."""
         while self._commits:
             await asyncio.gather(*self._commits, return_exceptions=True)
 
