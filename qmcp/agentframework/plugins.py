@@ -32,6 +32,10 @@ def loading_builtins() -> bool:
     return _state["loading"]
 
 
+def plugins_ready() -> bool:
+    return _state["ready"]
+
+
 def ensure_plugins() -> None:
     """Load the plugins once (the registries' look-ups call this: one check when loaded)."""
     if not _state["ready"]:
@@ -88,5 +92,10 @@ def _import(name: str, source: str) -> None:
         raise ConfigurationError(
             f"{source} names {name!r}, which cannot be imported ({exc}); fix the module "
             "name or PYTHONPATH, or remove it from QMCP_PLUGINS"
+        ) from None
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{source} names {name!r}, which failed while loading: {type(exc).__name__}: "
+            f"{exc}; fix the module or remove it from QMCP_PLUGINS"
         ) from None
     _loaded.add(name)

@@ -40,6 +40,8 @@ class Registry(Generic[T]):
         self.normalize = normalize
         self._items: dict[str, T] = {}
         self._builtin: dict[str, T] = {}
+        self._early: set[str] = set()  # registered by the program before the plugins loaded
+        self.version = 0  # changes with every registration: caches of what was looked up key on it
 
     def _key(self, name: str) -> str:
         return self.normalize(name) if self.normalize is not None else name
@@ -48,12 +50,17 @@ class Registry(Generic[T]):
         """Add or replace `name`. Registering loads no plugins (a class decorator may register
         while its module is still being imported); what plugins register while they load is
         what `reset` returns to."""
-        from qmcp.agentframework.plugins import loading_builtins
+        from qmcp.agentframework.plugins import loading_builtins, plugins_ready
 
         key = self._key(name)
-        self._items[key] = item
         if loading_builtins():
             self._builtin[key] = item
+            if key in self._early:  # the program registered its own before plugins loaded
+                return self._items[key]
+        elif not plugins_ready():
+            self._early.add(key)
+        self._items[key] = item
+        self.version += 1
         return item
 
     def get(self, name: str) -> T:
@@ -104,7 +111,10 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> None:
         self._items.pop(self._key(name), None)
+        self.version += 1
 
     def reset(self) -> None:
-        """Back to the built-ins: what plugins and tests registered since is forgotten."""
+        """Back to what the plugins registered when they loaded (the built-ins, entry points
+        and QMCP_PLUGINS modules): what was registered or unregistered since is undone."""
         self._items = dict(self._builtin)
+        self.version += 1

@@ -201,6 +201,10 @@ class _Providers(Registry[ProviderFactory]):
             )
         return super().get(name)
 
+    def unregister(self, name: str) -> None:
+        self._instances.pop(name, None)
+        super().unregister(name)
+
     def provider(self, name: str) -> Provider:
         instance = self._instances.get(name)
         if instance is None:

@@ -30,7 +30,23 @@ FUNCTIONS: Registry[AgentFunction] = Registry(
 )
 
 
-def register_function(name: str, fn: AgentFunction) -> None:
+_INLINE: dict[str, bool] = {}
+
+
+def register_function(name: str, fn: AgentFunction, *, inline: bool | None = None) -> None:
+    """Register `fn` as the model `function:<name>`.
+
+    `inline`: the function answers without awaiting anything, so no timeout or concurrency
+    slot is armed for it. By default a function is inline unless it is an `async def` (or an
+    object whose `__call__` is); pass `inline=False` for a plain callable that returns an
+    awaitable.
+    """
+    if inline is None:
+        inline = not (
+            inspect.iscoroutinefunction(fn)
+            or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        )
+    _INLINE[name] = inline
     FUNCTIONS.register(name, fn)
 
 
@@ -44,8 +60,7 @@ class FunctionProvider:
     name = "function"
 
     def capabilities(self, model: str) -> ProviderCapabilities:
-        fn = FUNCTIONS.find(model)
-        inline = fn is not None and not inspect.iscoroutinefunction(fn)
+        inline = FUNCTIONS.find(model) is not None and _INLINE.get(model, False)
         return ProviderCapabilities(tools=True, temperature=True, answers_inline=inline)
 
     async def complete(self, request: LLMRequest) -> LLMResponse:

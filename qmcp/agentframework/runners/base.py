@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -321,7 +321,9 @@ class BaseRunner:
         except (asyncio.CancelledError, KeyboardInterrupt):
             status, error = ExecutionStatus.CANCELLED, "cancelled"
             with anyio.CancelScope(shield=True):
-                await self._finish(execution, engine, status, None, error, t0, previous_ms)
+                await _shielded(
+                    self._finish(execution, engine, status, None, error, t0, previous_ms)
+                )
             raise
         except AwaitingHuman as exc:
             status, error = ExecutionStatus.PENDING, str(exc)
@@ -330,7 +332,9 @@ class BaseRunner:
         except Exception as exc:  # a crash inside a run is a failed execution, never a dead caller
             log.exception("execution %s crashed", execution.id)
             error = f"{type(exc).__name__}: {exc}"
-        completed_at = await self._finish(execution, engine, status, output, error, t0, previous_ms)
+        completed_at = await _shielded(
+            self._finish(execution, engine, status, output, error, t0, previous_ms)
+        )
         duration_ms = int((time.perf_counter() - t0) * 1000)
         run_log(
             cfg,
@@ -399,6 +403,24 @@ class BaseRunner:
         return completed_at
 
 
+async def _shielded(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled meanwhile (recording how a run
+    ended must not be cut short by a cancel); the cancel is re-raised once it is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+
 def validate_members(
     agents: Mapping[str, Any], depth: int = 0, setups: dict[int, AgentSetup] | None = None
 ) -> dict[int, AgentSetup]:
@@ -435,6 +457,7 @@ def validate_agent_config(slot: str, agent: AgentType) -> AgentSetup:
 
 
 R = TypeVar("R", bound=type[BaseRunner])
+T = TypeVar("T")
 
 
 class _Runners(Registry[type[BaseRunner]]):

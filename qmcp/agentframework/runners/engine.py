@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -102,7 +103,16 @@ def agent_setup(agent: AgentType) -> AgentSetup:
     and kept in a small LRU, so a process that runs the same agents again does not validate
     them again.
     """
-    key = (agent.name, str(agent.role), agent.description, _frozen(agent.config or {}))
+    key = (
+        agent.name,
+        str(agent.role),
+        agent.description,
+        _frozen(agent.config or {}),
+        # What resolving depends on besides the agent: the registries and the default model.
+        MixinRegistry.version,
+        ProviderRegistry.version,
+        os.environ.get("QMCP_DEFAULT_MODEL"),
+    )
     setup = _SETUPS.get(key)
     if setup is not None:
         _SETUPS.move_to_end(key)
@@ -287,17 +297,14 @@ class Engine:
                 if repairs_left <= 0:
                     raise await call.failed(str(exc)) from None
                 repairs_left -= 1
-                request = request.model_copy(
-                    update={
-                        "messages": [
-                            *request.messages,
-                            *conversation.turns,
-                            response.message(),
-                            Message(role="user", content=exc.repair),
-                        ]
-                    }
-                )
-                recorded, usage = [], (0, 0)
+                # The repair goes on with the same conversation: the rejected answer and the
+                # repair request are its next turns (their usage is on the rejected row).
+                rejected = response.message()
+                repair = Message(role="user", content=exc.repair)
+                turn = len(conversation.turns)
+                await call.record_turn(turn, rejected, None)
+                await call.record_turn(turn + 1, repair, None)
+                recorded, usage = [*conversation.turns, rejected, repair], (0, 0)
                 await self._emit(
                     "retrying", key, slot, agent.name, call.attempt, call.ms(), str(exc)
                 )
@@ -395,12 +402,13 @@ class Engine:
         await asyncio.shield(self._batch_done)
 
     async def _write_later(self, rows: list[dict[str, Any]]) -> None:
-        """A background batch; if it cannot be written, its rows go back to the end's write
-        (which then reports the database's error with the run's outcome)."""
+        """A background batch; if it is not written (an error, a cancel), its rows go back to
+        the end's write, which then records them or reports the database's error."""
         try:
             await self.store.record_invocations(rows)
-        except Exception:
+        except BaseException:
             self.pending_rows[:0] = rows
+            raise
 
     def _commit_batch(self) -> None:
         rows, self._batch = self._batch, []
@@ -411,12 +419,18 @@ class Engine:
 
         def settle(task: asyncio.Future[None]) -> None:
             self._commits.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if task.cancelled() or error is not None:
+                # Not committed: the rows go to the end's transaction, so none is lost even
+                # when every branch that waited for them has been cancelled.
+                self.pending_rows.extend(rows)
             if done.cancelled():
                 return
             if task.cancelled():
                 done.cancel()
-            elif task.exception() is not None:
-                done.set_exception(task.exception())  # type: ignore[arg-type]
+            elif error is not None:
+                done.set_exception(error)
+                done.exception()  # marked retrieved: no waiter left is not a loop error
             else:
                 done.set_result(None)
 
@@ -424,9 +438,10 @@ class Engine:
 
     async def settle(self) -> None:
         """Wait for commits still in flight (group commits, background batches), so every row
-        lands before the run records its end and the execution's counts equal its rows."""
+        lands before the run records its end and the execution's counts equal its rows.
+        Waiting never cancels them: a cancel here leaves them to finish."""
         while self._commits:
-            await asyncio.gather(*self._commits, return_exceptions=True)
+            await asyncio.wait(set(self._commits))
 
     async def _record_turn(self, row: dict[str, Any]) -> None:
         if self.config.checkpoint_enabled:
@@ -436,6 +451,7 @@ class Engine:
 
     async def flush(self) -> None:
         """Write the rows kept for the end (a Metaflow step writes them when it ends)."""
+        await self.settle()
         rows, turns = self.take_pending()
         if turns:
             await self.store.record_turns(turns)

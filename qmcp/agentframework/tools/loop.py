@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from qmcp.agentframework.errors import ConfigurationError
 from qmcp.agentframework.llm import (
     LLMRequest,
     LLMResponse,
@@ -75,10 +76,18 @@ async def converse(
     specs = toolbox.specs() if toolbox is not None else []
     if specs:
         request = request.model_copy(update={"tools": specs})
-    # A crash between a tool-use turn and its results: run that turn's calls now.
-    if state.turns and state.turns[-1].role == "assistant" and toolbox is not None:
-        state.tool_calls -= len(_tool_uses(state.turns[-1]))
-        await _answer_calls(state, toolbox, _tool_uses(state.turns[-1]), max_tool_calls, on_turn)
+    dangling = _tool_uses(state.turns[-1]) if state.turns else []
+    if dangling and state.turns[-1].role == "assistant":
+        # A crash between a tool-use turn and its results: run that turn's calls now.
+        if toolbox is None:
+            raise ConfigurationError(
+                "the recorded conversation ends with tool calls, but this agent has no tools "
+                "now; give it back its tool servers to resume it",
+                provider=provider.name,
+            )
+        state.tool_calls -= len(dangling)
+        await _answer_calls(state, toolbox, dangling, max_tool_calls, on_turn)
+    state.limited = state.limited or state.tool_calls >= max_tool_calls > 0
     while True:
         asked = request
         if state.turns:
