@@ -280,3 +280,28 @@ def test_a_plugin_that_fails_while_loading_is_a_clear_error(
     monkeypatch.setenv("QMCP_PLUGINS", "broken_plugin_for_test")
     with pytest.raises(ConfigurationError, match="failed while loading: RuntimeError: bad plugin"):
         load_plugins()
+
+
+async def test_attempts_number_on_across_a_resume(db_url: str) -> None:
+    """A resumed invocation's attempt goes on from the last recorded one (it restarted at 1)."""
+    broken = {"on": True}
+
+    def model(request: LLMRequest) -> str:
+        if broken["on"]:
+            raise ConfigurationError("not yet")
+        return "fine"
+
+    register_function("later", model)
+    try:
+        topology = Topology(name="t", topology_type="pipeline", config={})
+        first = await LocalRunner(db_url=db_url).run(
+            topology, {"only": agent("l", "later")}, {"prompt": "x"}
+        )
+        assert first.status == "failed"
+        broken["on"] = False
+        resumed = await LocalRunner(db_url=db_url).resume(first.execution_id)
+        assert resumed.status == "completed", resumed.error
+        rows = await Store(db_url).invocations(first.execution_id)
+        assert [(r.attempt, r.status) for r in rows] == [(1, "failed"), (2, "completed")]
+    finally:
+        unregister_function("later")

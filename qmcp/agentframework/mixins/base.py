@@ -57,6 +57,11 @@ class Mixin:
     def __init__(self, config: MixinConfig) -> None:
         self.config = config
 
+    @property
+    def max_repairs(self) -> int:
+        """How many times an answer `finish` rejected may be repaired (0: none)."""
+        return 0
+
     async def prepare(self, request: LLMRequest, ctx: MixinContext) -> LLMRequest:
         return request
 

@@ -146,6 +146,7 @@ class PreparedRun:
     previous_ms: int
     setups: dict[int, AgentSetup] = field(default_factory=dict)
     turns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
 
     @property
     def execution_id(self) -> uuid.UUID:
@@ -235,6 +236,7 @@ class BaseRunner:
         config = kind.parse_config(topology.config)
         checkpoints = await self.store.checkpoints(ident)
         turns = await self.store.turns(ident)
+        attempts = await self.store.attempts(ident)
         return PreparedRun(
             execution,
             kind,
@@ -244,6 +246,7 @@ class BaseRunner:
             checkpoints,
             execution.duration_ms or 0,
             turns=turns,
+            attempts=attempts,
         )
 
     async def resume(
@@ -267,6 +270,7 @@ class BaseRunner:
             prepared.previous_ms,
             prepared.setups,
             prepared.turns,
+            prepared.attempts,
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -283,6 +287,7 @@ class BaseRunner:
         previous_ms: int,
         setups: dict[int, AgentSetup] | None = None,
         turns: dict[str, list[dict[str, Any]]] | None = None,
+        attempts: dict[str, int] | None = None,
     ) -> RunResult:
         cfg = self.config
         engine = Engine(
@@ -296,6 +301,7 @@ class BaseRunner:
             total=kind.estimate(config, list(agents)),
             setups=setups,
             turns=turns,
+            attempts=attempts,
         )
         started_at = utcnow()
         t0 = time.perf_counter()

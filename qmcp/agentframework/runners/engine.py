@@ -165,6 +165,7 @@ class Engine:
         total: int,
         setups: Mapping[int, AgentSetup] | None = None,
         turns: Mapping[str, list[dict[str, Any]]] | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.agents = agents
@@ -182,7 +183,7 @@ class Engine:
         self._batch: list[dict[str, Any]] = []
         self._batch_done: asyncio.Future[None] | None = None
         self._commits: set[asyncio.Future[None]] = set()
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[str, int] = dict(attempts or {})  # a resume numbers on
         self._setups: dict[int, AgentSetup] = dict(setups or {})
         self._inline: dict[int, bool] = {}  # per agent setup: does its provider answer inline
         self.root = Scope(self, agents)
@@ -265,7 +266,7 @@ class Engine:
             request = await mixin.prepare(request, mixin_ctx)
         call = _Call(self, agent, slot, key, model.provider, model.label)
         chain = self._chain(setup, call, retries)
-        repairs_left = max((getattr(m, "max_repairs", 0) for m in setup.mixins), default=0)
+        repairs_left = max((m.max_repairs for m in setup.mixins), default=0)
         recorded, usage = self._recorded_turns(key)
         while True:
             await self._emit("started", key, slot, agent.name, call.attempt + 1)

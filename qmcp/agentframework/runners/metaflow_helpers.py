@@ -393,6 +393,7 @@ class _Work:
                 on_event=None,
                 total=1,
                 turns=await self.store.turns(self.ident),
+                attempts=await self.store.attempts(self.ident),
             )
         return self._engine
 

@@ -457,6 +457,19 @@ class Store:
             )
             return {key: output for key, output in rows if output is not None}
 
+    async def attempts(self, execution_id: uuid.UUID) -> dict[str, int]:
+        """The last attempt number recorded for each invocation key (a resume goes on from it)."""
+
+        def read(s: Session) -> dict[str, int]:
+            rows = s.execute(
+                select(INVOCATIONS.c.key, func.max(INVOCATIONS.c.attempt))
+                .where(INVOCATIONS.c.execution_id == execution_id)
+                .group_by(INVOCATIONS.c.key)
+            )
+            return {key: int(attempt or 0) for key, attempt in rows}
+
+        return await self._read(read)
+
     async def record_invocations(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert invocation rows in one short transaction (one row: a durable checkpoint)."""
         if not rows:
