@@ -44,10 +44,31 @@ app.add_typer(approvals_app, name="approvals")
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json")]
 
 
+def _text(*parts: str | tuple[str, str]) -> Any:
+    """Literal text for Rich: `"a"` or `("a", "bold")` parts, never read as markup or emoji codes,
+    so a name, description, prompt or output shows exactly as written."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Any:
+    """A Rich table whose every cell is literal text."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
 def _fail(message: str, code: int = 2) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        _text(("error:", "bold red"), " ", message)
+    )
     raise typer.Exit(code)
 
 
@@ -85,7 +106,7 @@ def main_options(
         typer.Option(
             "--database-url",
             envvar="QMCP_DATABASE_URL",
-            help="database URL (default sqlite+aiosqlite:///./agent.db)",
+            help="database URL (default: qmcp.db in the per-user data directory; see `qmcp info`)",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log to stderr")] = False,
@@ -127,13 +148,12 @@ def agents_list(
     if fmt == "json":
         _print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("name", "role", "model", "description")
-    for row in rows:
-        table.add_row(row["name"], row["role"], row["model"] or "", row["description"])
+    table = _table(
+        ("name", "role", "model", "description"),
+        [(r["name"], r["role"], r["model"] or "", r["description"]) for r in rows],
+    )
     _console().print(
-        table if rows else "no agents yet; create one with `qmcp agents create NAME ROLE`"
+        table if rows else _text("no agents yet; create one with `qmcp agents create NAME ROLE`")
     )
 
 
@@ -199,7 +219,9 @@ def agents_create(
     if fmt == "json":
         _print_json(data)
     else:
-        _console().print(f"created agent [bold]{agent.name}[/] ({data['role']}, {data['model']})")
+        _console().print(
+            _text("created agent ", (agent.name, "bold"), f" ({data['role']}, {data['model']})")
+        )
 
 
 @agents_app.command("show")
@@ -221,13 +243,10 @@ def agents_mixins(fmt: FormatOption = "table") -> None:
     if fmt == "json":
         _print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("name", "version", "depends on", "description")
-    for row in rows:
-        table.add_row(
-            row["name"], row["version"], ", ".join(row["dependencies"]), row["description"]
-        )
+    table = _table(
+        ("name", "version", "depends on", "description"),
+        [(r["name"], r["version"], ", ".join(r["dependencies"]), r["description"]) for r in rows],
+    )
     _console().print(table)
 
 
@@ -244,15 +263,14 @@ def topologies_list(fmt: FormatOption = "table") -> None:
     if fmt == "json":
         _print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("name", "type", "slots", "description")
-    for row in rows:
-        table.add_row(
-            row["name"], row["topology_type"], ", ".join(row["slots"]), row["description"]
-        )
+    table = _table(
+        ("name", "type", "slots", "description"),
+        [(r["name"], r["topology_type"], ", ".join(r["slots"]), r["description"]) for r in rows],
+    )
     _console().print(
-        table if rows else "no topologies yet; create one with `qmcp agents topologies create`"
+        table
+        if rows
+        else _text("no topologies yet; create one with `qmcp agents topologies create`")
     )
 
 
@@ -300,8 +318,11 @@ def topologies_create(
         _print_json(data)
     else:
         _console().print(
-            f"created topology [bold]{topology.name}[/] ({data['topology_type']}; slots: "
-            f"{', '.join(slots)})"
+            _text(
+                "created topology ",
+                (topology.name, "bold"),
+                f" ({data['topology_type']}; slots: {', '.join(slots)})",
+            )
         )
 
 
@@ -373,7 +394,7 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     progress = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -389,7 +410,7 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
         description = f"{verb} {event.key} ({event.agent})" if verb else f"{event.kind} {event.key}"
         progress.update(task, description=description, completed=event.done, total=event.total)
         if event.kind in ("failed", "retrying"):
-            progress.console.print(f"[yellow]{event.kind}[/] {event.key}: {event.error}")
+            progress.console.print(_text((event.kind, "yellow"), f" {event.key}: {event.error}"))
 
     try:
         with progress:
@@ -399,7 +420,7 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
     except KeyboardInterrupt:
         ident = state.get("execution_id")
         hint = f"; resume it with `qmcp executions resume {ident}`" if ident else ""
-        stderr.print(f"[yellow]cancelled[/]{hint}")
+        stderr.print(_text(("cancelled", "yellow"), hint))
         raise typer.Exit(130) from None
     raise AssertionError("unreachable")
 
@@ -413,13 +434,16 @@ def _show_result(result: RunResult, fmt: str) -> None:
         console = _console()
         colour = "green" if result.status == "completed" else "red"
         console.print(
-            f"[bold {colour}]{result.status}[/] {result.topology_name} on {result.runner_type} "
-            f"in {result.duration_ms} ms — execution {result.execution_id}"
+            _text(
+                (result.status, f"bold {colour}"),
+                f" {result.topology_name} on {result.runner_type} in {result.duration_ms} ms"
+                f" — execution {result.execution_id}",
+            )
         )
         if result.output is not None:
-            console.print(result.output.get("content", ""), markup=False)
+            console.print(_text(str(result.output.get("content", ""))))
         if result.error:
-            console.print(f"[red]error:[/] {result.error}")
+            console.print(_text(("error:", "red"), " ", result.error))
     if result.status != "completed":
         raise typer.Exit(1)
 
@@ -438,7 +462,7 @@ def topologies_flow(
 
     path, _ = _call(lambda: service.generate_flow(name, environment=environment, output=output))
     _console().print(
-        f'wrote {path}; run it with: python {path} run --input-json \'{{"prompt": "…"}}\''
+        _text(f'wrote {path}; run it with: python {path} run --input-json \'{{"prompt": "…"}}\'')
     )
 
 
@@ -466,20 +490,22 @@ def executions_list(
     if fmt == "json":
         _print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("id", "topology", "runner", "status", "invocations", "ms", "created")
-    for row in rows:
-        table.add_row(
-            row["id"],
-            row["topology_name"],
-            row["runner_type"],
-            row["status"],
-            str(row["invocation_count"]),
-            str(row["duration_ms"] or ""),
-            row["created_at"] or "",
-        )
-    _console().print(table if rows else "no executions yet")
+    table = _table(
+        ("id", "topology", "runner", "status", "invocations", "ms", "created"),
+        [
+            (
+                r["id"],
+                r["topology_name"],
+                r["runner_type"],
+                r["status"],
+                str(r["invocation_count"]),
+                str(r["duration_ms"] or ""),
+                r["created_at"] or "",
+            )
+            for r in rows
+        ],
+    )
+    _console().print(table if rows else _text("no executions yet"))
 
 
 @executions_app.command("show")
@@ -519,7 +545,7 @@ def executions_prune(
     from qmcp.agentframework import service
 
     count = _call(lambda: service.prune_executions(older_than_days))
-    _console().print(f"deleted {count} execution(s) older than {older_than_days:g} day(s)")
+    _console().print(_text(f"deleted {count} execution(s) older than {older_than_days:g} day(s)"))
 
 
 @approvals_app.command("list")
@@ -535,18 +561,14 @@ def approvals_list(
     if fmt == "json":
         _print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table("id", "status", "execution", "question", "proposed answer")
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            row["status"],
-            row["execution_id"],
-            row["question"],
-            row["proposed"][:200],
-        )
-    _console().print(table if rows else f"no {status or ''} approvals")
+    table = _table(
+        ("id", "status", "execution", "question", "proposed answer"),
+        [
+            (str(r["id"]), r["status"], r["execution_id"], r["question"], r["proposed"][:200])
+            for r in rows
+        ],
+    )
+    _console().print(table if rows else _text(f"no {status or ''} approvals"))
 
 
 @approvals_app.command("answer")
@@ -566,8 +588,10 @@ def approvals_answer(
         lambda: service.answer_approval(approval_id, approve, comment=comment, edited=edit)
     )
     _console().print(
-        f"approval {approval.id} {approval.status}; resume with "
-        f"`qmcp executions resume {approval.execution_id}`"
+        _text(
+            f"approval {approval.id} {approval.status}; resume with "
+            f"`qmcp executions resume {approval.execution_id}`"
+        )
     )
 
 
@@ -583,6 +607,46 @@ def demo(
 
     _check_format(fmt)
     _call(lambda: run_demo(json_output=fmt == "json"))
+
+
+@app.command("info")
+def info(fmt: FormatOption = "table") -> None:
+    """Where the database is, the version, and which model providers are configured."""
+    import platformdirs
+
+    from qmcp import __version__
+    from qmcp.agentframework import service
+    from qmcp.agentframework.llm import ProviderRegistry
+
+    _check_format(fmt)
+    notes = {
+        "anthropic": "configured (ANTHROPIC_API_KEY is set)"
+        if os.environ.get("ANTHROPIC_API_KEY")
+        else "not configured: set ANTHROPIC_API_KEY",
+        "offline": "always available (no network, deterministic)",
+        "function": "registered Python callables (function:NAME)",
+    }
+    providers = {name: notes.get(name, "registered") for name in ProviderRegistry.list()}
+    providers["sampling"] = "only in the MCP server (the client's own model answers)"
+    data = {
+        "version": __version__,
+        "database_url": service.Store().url,
+        "database_url_from": "QMCP_DATABASE_URL or --database-url"
+        if os.environ.get("QMCP_DATABASE_URL")
+        else "default",
+        "data_directory": platformdirs.user_data_dir("qmcp", appauthor=False),
+        "providers": providers,
+    }
+    if fmt == "json":
+        _print_json(data)
+        return
+    console = _console()
+    console.print(_text(f"qmcp {data['version']}"))
+    console.print(_text(f"database: {data['database_url']} ({data['database_url_from']})"))
+    console.print(_text(f"data directory: {data['data_directory']}"))
+    console.print(
+        _table(("provider", "status"), [(name, note) for name, note in providers.items()])
+    )
 
 
 @app.command("serve")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import platformdirs
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -46,7 +47,10 @@ from qmcp.agentframework.errors import ConflictError, QmcpError, ValidationError
 
 T = TypeVar("T")
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./agent.db"
+# Where the database lives when no URL is given: the per-user data directory, never the working
+# directory (an MCP client may start the server in `/` or a read-only place).
+DATA_DIR = Path(platformdirs.user_data_dir("qmcp", appauthor=False))
+DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///{DATA_DIR / 'qmcp.db'}"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A read on the caller's thread waits this long at most (WAL readers wait only in rare cases,
 # such as another process recovering the WAL).
@@ -63,7 +67,14 @@ class DatabaseError(QmcpError):
 
 
 def database_url(url: str | None = None) -> str:
-    return url or os.environ.get("QMCP_DATABASE_URL") or DEFAULT_DATABASE_URL
+    """The URL given, else `QMCP_DATABASE_URL`, else `DEFAULT_DATABASE_URL` in the per-user data
+    directory (created here; if it cannot be, opening the database says why)."""
+    explicit = url or os.environ.get("QMCP_DATABASE_URL")
+    if explicit:
+        return explicit
+    with contextlib.suppress(OSError):
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+    return DEFAULT_DATABASE_URL
 
 
 def parse_url(url: str) -> URL:
@@ -526,6 +537,7 @@ def _stop_writers() -> None:
 
 
 __all__ = [
+    "DATA_DIR",
     "DEFAULT_DATABASE_URL",
     "SQLITE_BUSY_TIMEOUT_MS",
     "Database",
