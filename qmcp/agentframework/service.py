@@ -6,6 +6,7 @@ Both front ends are thin wrappers over these functions, so they can never disagr
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from qmcp.agentframework.runners import (
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
 from qmcp.agentframework.store import Store, parse_execution_id
+from qmcp.agentframework.store.core import describe_bad_json, lone_surrogate
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -58,24 +60,24 @@ T = TypeVar("T")
 
 
 def check_text(what: str, value: T) -> T:
-    """Refuse a lone surrogate anywhere in user text: a string, or the keys and values of JSON.
+    """Refuse what JSON and UTF-8 cannot carry, anywhere in user input: a lone surrogate in a
+    string or a key, and NaN, Infinity or -Infinity as a number; the message names where.
 
-    Python strings can hold one (a JSON "\\ud800" escape, argv bytes decoded with
+    Python strings can hold a lone surrogate (a JSON "\\ud800" escape, argv bytes decoded with
     surrogateescape) but UTF-8 cannot, so it would fail later, in SQLite or in a request body.
+    Python's json reads and writes NaN and Infinity, but they are not JSON: SQLite would store
+    them, PostgreSQL refuse them, and other readers choke on them.
     """
     pending: list[Any] = [value]
     seen: set[int] = set()
     while pending:  # no recursion: deep JSON must not raise RecursionError here
         item = pending.pop()
         if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise ValidationError(
-                        f"{what} contains a lone surrogate (\\u{ord(item[exc.start]):04x}); "
-                        "send valid UTF-8 text"
-                    ) from None
+            if not item.isascii() and lone_surrogate(item) is not None:
+                raise ValidationError(describe_bad_json(what, value) or f"{what} is not valid JSON")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValidationError(describe_bad_json(what, value) or f"{what} is not valid JSON")
         elif isinstance(item, Mapping | list | tuple) and id(item) not in seen:
             seen.add(id(item))  # containers of `value`: alive, so their ids stay theirs
             if isinstance(item, Mapping):
@@ -155,6 +157,7 @@ async def create_agent(
     check_text("model", model)
     check_text("system prompt", system_prompt)
     check_text("capabilities", capabilities)
+    check_text("temperature", temperature)
     parsed_role = AgentRole.parse(role)
     model_config = Models.parse(model) if isinstance(model, str) else model or Models.default()
     fields: dict[str, Any] = {"model_config_obj": model_config, "system_prompt": system_prompt}
@@ -169,6 +172,7 @@ async def create_agent(
     except PydanticValidationError as exc:
         raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
     MixinRegistry.resolve(config.capabilities)
+    check_text("agent config", config.model_dump())  # a ModelConfig object, a mixin's defaults
     agent = AgentType(
         name=name,
         description=check_description(description),
@@ -315,6 +319,7 @@ def _run_config(values: RunConfig | Mapping[str, Any] | None) -> RunConfig | Non
     """A `RunConfig` from one or from some of its fields (e.g. {"timeout_seconds": 60})."""
     if values is None or isinstance(values, RunConfig):
         return values
+    check_text("run options", values)
     try:
         return RunConfig.model_validate(dict(values))
     except PydanticValidationError as exc:

@@ -62,25 +62,23 @@ class RunResult(SQLModel):
 
 
 def check_input(input_data: Any) -> dict[str, Any]:
-    """The run input must be a JSON object of bounded size."""
+    """The run input must be a JSON object of bounded size: strict JSON (no NaN or Infinity)
+    and valid UTF-8 (no lone surrogate); a refusal names where the offending value is."""
+    from qmcp.agentframework.store.core import describe_bad_json
+
     if not isinstance(input_data, Mapping):
         raise ValidationError(
             'input must be a JSON object such as {"prompt": "…"}, '
             f"not {type(input_data).__name__}"
         )
     try:
-        encoded = json.dumps(input_data, ensure_ascii=False)
+        encoded = json.dumps(input_data, ensure_ascii=False, allow_nan=False)
+        size = len(encoded.encode())
     except RecursionError:
         raise ValidationError("input is nested too deeply") from None
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"input is not JSON-serializable: {exc}") from None
-    try:
-        size = len(encoded.encode())
-    except UnicodeEncodeError as exc:  # a JSON "\\ud800" escape decodes to a lone surrogate
-        raise ValidationError(
-            f"input contains a lone surrogate (\\u{ord(encoded[exc.start]):04x}); "
-            "send valid UTF-8 text"
-        ) from None
+    except (TypeError, ValueError) as exc:  # NaN, a lone surrogate, a set, a cycle
+        problem = describe_bad_json("input", input_data)
+        raise ValidationError(problem or f"input is not JSON-serializable: {exc}") from None
     if size > MAX_INPUT_BYTES:
         raise ValidationError(f"input is {size} bytes; the limit is {MAX_INPUT_BYTES} bytes")
     return json.loads(encoded)

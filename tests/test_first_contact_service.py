@@ -1,0 +1,118 @@
+"""First contact (issue 11), the service's part: strict JSON (6), topologies that exist can run
+(7), execution ids people can type (9), prune gives space back (11)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qmcp.agentframework import service
+from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
+from qmcp.agentframework.runners.base import check_input
+
+NAN, INF = float("nan"), float("inf")
+
+
+def db_file(db_url: str) -> Path:
+    return Path(db_url.split("///", 1)[1])
+
+
+def rows(db_url: str, table: str) -> int:
+    with sqlite3.connect(db_file(db_url)) as connection:
+        return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.fixture
+def answers() -> Any:
+    """A function model `function:fc`: it echoes, and fails on a prompt containing FAIL."""
+
+    def answer(request: LLMRequest) -> str:
+        if "FAIL" in request.prompt:
+            raise RuntimeError("model down")
+        return f"{request.agent_name}: {request.prompt[:40]}"
+
+    register_function("fc", answer)
+    yield
+    unregister_function("fc")
+
+
+async def pipeline(db_url: str, name: str = "pipe") -> None:
+    await service.create_agent("worker", "executor", model="function:fc", db_url=db_url)
+    await service.create_topology(name, "pipeline", {"only": "worker"}, db_url=db_url)
+
+
+# -- 6. strict JSON and text ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_nan_and_infinity_are_refused_everywhere_and_nothing_is_stored(
+    db_url: str, answers: Any
+) -> None:
+    """SQLite stored `NaN` in an execution's input; every way in now refuses it, naming where."""
+    await pipeline(db_url)
+    cases: list[tuple[Any, str]] = [
+        # run input: JSON text (Python's json reads NaN), and an object (the MCP tool's path)
+        (
+            lambda: service.start_run("pipe", '{"prompt": NaN}', db_url=db_url),
+            "input has NaN at prompt",
+        ),
+        (
+            lambda: service.start_run("pipe", '{"a": {"b": [1, -Infinity]}}', db_url=db_url),
+            r"input has -Infinity at a\.b\[1\]",
+        ),
+        (
+            lambda: service.run_topology("pipe", {"prompt": "x", "w": [INF]}, db_url=db_url),
+            r"input has Infinity at w\[0\]",
+        ),
+        # run options, agent config, capabilities, topology config
+        (
+            lambda: service.start_run(
+                "pipe", {"prompt": "x"}, config={"timeout_seconds": NAN}, db_url=db_url
+            ),
+            "run options has NaN at timeout_seconds",
+        ),
+        (
+            lambda: service.create_agent("hot", "executor", temperature=NAN, db_url=db_url),
+            "temperature is NaN",
+        ),
+        (
+            lambda: service.create_agent(
+                "cap",
+                "executor",
+                capabilities=[{"name": "memory", "config": {"limit": INF}}],
+                db_url=db_url,
+            ),
+            r"capabilities has Infinity at \[0\]\.config\.limit",
+        ),
+        (
+            lambda: service.create_topology(
+                "t2", "pipeline", {"only": "worker"}, config={"x": NAN}, db_url=db_url
+            ),
+            "config has NaN at x",
+        ),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValidationError, match=message) as caught:
+            await make()
+        assert "JSON has no NaN or Infinity" in str(caught.value)
+    assert rows(db_url, "executions") == 0
+    assert [a.name for a in await service.list_agents(db_url=db_url)] == ["worker"]
+    assert [t.name for t, _ in await service.list_topologies(db_url)] == ["pipe"]
+
+
+def test_parse_json_and_check_input_refuse_non_finite_numbers_and_name_where() -> None:
+    with pytest.raises(ValidationError, match=r"--config-json has Infinity at rounds\[2\]"):
+        service.parse_json('{"rounds": [1, 2, Infinity]}', "--config-json")
+    with pytest.raises(ValidationError, match=r'input has NaN at \["a key"\]'):
+        check_input({"a key": NAN})
+    with pytest.raises(ValidationError, match=r"input has a lone surrogate \(\\ud800\) at p"):
+        check_input({"p": "\ud800"})
+    with pytest.raises(ValidationError, match=r"lone surrogate \(\\udcff\) in a key of x"):
+        service.check_text("input", {"x": {"\udcff": 1}})
+    with pytest.raises(ValidationError, match="not JSON-serializable"):
+        check_input({"p": {1, 2}})
+    assert check_input({"p": 1.5, "q": [None, "ok"]}) == {"p": 1.5, "q": [None, "ok"]}
