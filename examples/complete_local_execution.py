@@ -1,4 +1,5 @@
-"""The runners specification's "Complete Local Execution" example, verbatim.
+"""The runners specification's "Complete Local Execution" example, verbatim but for the last two
+lines, which print the error of a failed run.
 
 Run it with ANTHROPIC_API_KEY set (or ANTHROPIC_BASE_URL pointing at a Messages API endpoint);
 without a key every Claude invocation fails and the run is recorded as failed, with an error that
@@ -56,5 +57,7 @@ async def main():
     print(f"Status: {result.status}")
     print(f"Duration: {result.duration_ms}ms")
     print(f"Output: {result.output}")
+    if result.error:  # added to the spec's example: a failed run says why
+        print(f"Error: {result.error}")
 
 asyncio.run(main())

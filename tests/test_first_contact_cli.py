@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,32 @@ def test_info_names_database_data_directory_version_and_providers(tmp_path: Path
     assert "sqlite:///x.db" in keyed.stdout and str(data_dir) in keyed.stdout
     assert "anthropic" in keyed.stdout and "configured (ANTHROPIC_API_KEY is set)" in keyed.stdout
     assert secret not in keyed.stdout + keyed.stderr
+
+
+# -- small things a newcomer trips on (point 12) ----------------------------------------------
+
+
+def test_demo_labels_its_token_numbers() -> None:
+    shown = cli("demo")
+    assert shown.exit_code == 0, shown.output
+    lines = [line for line in shown.stdout.splitlines() if "tokens" in line]
+    assert lines and all(re.search(r"in \d+ / out \d+ tokens", line) for line in lines), lines
+
+
+@pytest.mark.slow
+def test_complete_local_execution_example_prints_the_error_of_a_failed_run(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "complete_local_execution.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Status: failed" in done.stdout
+    (error,) = [line for line in done.stdout.splitlines() if line.startswith("Error: ")]
+    assert "ANTHROPIC_API_KEY" in error, "the cause and the fix"

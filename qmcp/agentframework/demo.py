@@ -78,15 +78,19 @@ async def run_demo(json_output: bool = False, db_url: str | None = None) -> list
             console.print(
                 f"  [dim]{invocation.key:<14}[/] {invocation.agent_name:<18} "
                 f"{invocation.status.value:<9} {invocation.duration_ms:7.1f} ms "
-                f"{invocation.input_tokens}+{invocation.output_tokens} tokens"
+                f"in {invocation.input_tokens} / out {invocation.output_tokens} tokens"
             )
-        console.print((result.output or {}).get("content", result.error or ""), markup=False)
+        console.print(
+            (result.output or {}).get("content", result.error or ""), markup=False, emoji=False
+        )
     if json_output:
         sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
     else:
         console.rule()
         console.print(
             f"recorded in {Store(db_url).url}; see `qmcp executions list` and "
-            "`qmcp executions show ID`"
+            "`qmcp executions show ID`",
+            markup=False,
+            emoji=False,
         )
     return results
