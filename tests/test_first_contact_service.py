@@ -12,7 +12,9 @@ import pytest
 from qmcp.agentframework import service
 from qmcp.agentframework.errors import ValidationError
 from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
+from qmcp.agentframework.models import MAX_NESTING
 from qmcp.agentframework.runners.base import check_input
+from qmcp.agentframework.store import Store
 
 NAN, INF = float("nan"), float("inf")
 
@@ -116,3 +118,53 @@ def test_parse_json_and_check_input_refuse_non_finite_numbers_and_name_where() -
     with pytest.raises(ValidationError, match="not JSON-serializable"):
         check_input({"p": {1, 2}})
     assert check_input({"p": 1.5, "q": [None, "ok"]}) == {"p": 1.5, "q": [None, "ok"]}
+
+
+# -- 7. a topology that exists can run ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_nesting_deeper_than_max_nesting_is_refused_at_creation(
+    db_url: str, answers: Any
+) -> None:
+    await pipeline(db_url, "level0")
+    for level in range(1, MAX_NESTING + 1):  # level N holds level N-1: N levels of nesting
+        await service.create_topology(
+            f"level{level}", "pipeline", {"inner": f"topology:level{level - 1}"}, db_url=db_url
+        )
+    deepest = f"level{MAX_NESTING}"
+    result = await service.run_topology(deepest, {"prompt": "deep"}, db_url=db_url)
+    assert result.status == "completed", result.error  # the deepest one allowed runs
+    too_deep = f"level{MAX_NESTING + 1}"
+    with pytest.raises(ValidationError, match=f"topology '{too_deep}' would nest") as caught:
+        await service.create_topology(
+            too_deep, "pipeline", {"inner": f"topology:{deepest}"}, db_url=db_url
+        )
+    assert f"at most {MAX_NESTING} levels" in str(caught.value)
+    assert f"{too_deep} > {deepest} > " in str(caught.value)
+    names = {t.name for t, _ in await service.list_topologies(db_url)}
+    assert too_deep not in names and deepest in names
+
+
+@pytest.mark.anyio
+async def test_self_reference_and_a_stored_cycle_are_refused_naming_the_topology(
+    db_url: str, answers: Any
+) -> None:
+    await pipeline(db_url, "a")
+    with pytest.raises(ValidationError, match="cannot contain itself"):
+        await service.create_topology("me", "pipeline", {"x": "topology:me"}, db_url=db_url)
+    await service.create_topology("b", "pipeline", {"x": "topology:a"}, db_url=db_url)
+    await Store(db_url).close()
+    # A cycle written behind the service's back (an old version, a hand edit): a contains b.
+    with sqlite3.connect(db_file(db_url)) as connection:
+        ids = dict(connection.execute("SELECT name, id FROM topologies"))
+        connection.execute(
+            "UPDATE topology_memberships SET agent_type_id = NULL, sub_topology_id = ? "
+            "WHERE topology_id = ?",
+            (ids["b"], ids["a"]),
+        )
+    with pytest.raises(
+        ValidationError, match=r"topology '(a|b)' contains itself \((a > b > a|b > a > b)\)"
+    ):
+        await service.create_topology("c", "pipeline", {"x": "topology:b"}, db_url=db_url)
+    assert "c" not in {t.name for t, _ in await service.list_topologies(db_url)}

@@ -221,7 +221,8 @@ async def create_topology(
 ) -> Topology:
     """Validate config and slots now, so a topology that exists can run.
 
-    A slot names an agent, or `topology:<name>` for a stored topology (a compound topology).
+    A slot names an agent, or `topology:<name>` for a stored topology (a compound topology);
+    the store refuses one that would nest deeper than MAX_NESTING or hold a cycle.
     """
     check_name("topology", name)
     check_text("topology type", topology_type)
@@ -242,7 +243,6 @@ async def create_topology(
                     f"slot {slot!r}: a topology cannot contain itself ({name!r} -> {name!r})"
                 )
             members[slot] = await store.get_topology_row(sub_name)
-            await store.get_topology(sub_name)  # its own nesting must be sound
         else:
             members[slot] = await store.get_agent(member_name)
     topology = Topology(

@@ -239,8 +239,11 @@ class Store:
             (slot, position, isinstance(member, Topology), member.id)
             for position, (slot, member) in enumerate(slots.items())
         ]
+        nested_ids = [int(member_id or 0) for _, _, nested, member_id in members if nested]
 
         def add(connection: Connection) -> Topology | None:
+            if nested_ids:  # in the transaction: what it checks is what it stores beside
+                _check_nesting(connection, topology.name, nested_ids)
             ident = _insert(connection, TOPOLOGIES, values)
             if members:
                 connection.execute(
@@ -631,6 +634,61 @@ class Store:
 
         pruned: int = await self._write(prune)
         return pruned
+
+
+def _check_nesting(connection: Connection, name: str, sub_ids: Sequence[int]) -> None:
+    """Refuse a topology `name` holding the stored topologies `sub_ids` if that would nest
+    deeper than MAX_NESTING levels or if one of them contains itself (so a topology that
+    exists can run); the message names the topology at fault and the chain."""
+    names: dict[int, str] = {}
+    children: dict[int, list[int]] = {}
+    frontier = set(sub_ids)
+    while frontier:  # every stored topology reachable from sub_ids, a level per query
+        found = connection.execute(
+            select(TOPOLOGIES.c.id, TOPOLOGIES.c.name).where(TOPOLOGIES.c.id.in_(frontier))
+        )
+        names.update((ident, name) for ident, name in found)
+        for ident in frontier:
+            children.setdefault(ident, [])
+        rows = connection.execute(
+            select(MEMBERSHIPS.c.topology_id, MEMBERSHIPS.c.sub_topology_id)
+            .where(MEMBERSHIPS.c.topology_id.in_(frontier))
+            .where(MEMBERSHIPS.c.sub_topology_id.is_not(None))
+        )
+        for parent, child in rows:
+            children[parent].append(child)
+        frontier = {c for kids in children.values() for c in kids} - children.keys()
+
+    # The longest chain below each topology (depth: 0 holds agents only), without recursion.
+    longest: dict[int, list[int]] = {}
+    for root in sub_ids:
+        path: list[int] = []
+        stack: list[tuple[int, bool]] = [(root, False)]
+        while stack:
+            ident, done = stack.pop()
+            if done:
+                path.pop()
+                below = [longest[c] for c in children[ident]]
+                longest[ident] = [ident, *max(below, key=len, default=[])]
+                continue
+            if ident in longest:
+                continue
+            if ident in path:
+                loop = " > ".join(names.get(i, "?") for i in [*path[path.index(ident) :], ident])
+                raise ValidationError(
+                    f"topology {names.get(ident)!r} contains itself ({loop}); "
+                    "a stored topology cannot run until that is undone"
+                )
+            path.append(ident)
+            stack.append((ident, True))
+            stack.extend((c, False) for c in children[ident])
+    chain = max((longest[i] for i in sub_ids), key=len)
+    if len(chain) > MAX_NESTING:
+        shown = " > ".join([name, *(names.get(i, "?") for i in chain)])
+        raise ValidationError(
+            f"topology {name!r} would nest {len(chain)} levels deep ({shown}); "
+            f"topologies nest at most {MAX_NESTING} levels (MAX_NESTING)"
+        )
 
 
 def lone_surrogate(text: str) -> int | None:
