@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from qmcp.agentframework import service
-from qmcp.agentframework.errors import ValidationError
+from qmcp.agentframework.cli import app
+from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
 from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
-from qmcp.agentframework.models import MAX_NESTING
+from qmcp.agentframework.models import MAX_NESTING, Execution, ExecutionStatus
 from qmcp.agentframework.runners.base import check_input
 from qmcp.agentframework.store import Store
 
@@ -168,3 +173,83 @@ async def test_self_reference_and_a_stored_cycle_are_refused_naming_the_topology
     ):
         await service.create_topology("c", "pipeline", {"x": "topology:b"}, db_url=db_url)
     assert "c" not in {t.name for t, _ in await service.list_topologies(db_url)}
+
+
+# -- 9. ids people can type -----------------------------------------------------------------
+
+
+async def add_execution(store: Store, ident: str, status: ExecutionStatus) -> uuid.UUID:
+    execution = Execution(
+        id=uuid.UUID(ident), topology_name="t", runner_type="local", status=status
+    )
+    await store.add_execution(execution)
+    return execution.id
+
+
+@pytest.mark.anyio
+async def test_execution_ids_take_a_unique_prefix_and_name_ambiguous_matches(
+    db_url: str,
+) -> None:
+    store = Store(db_url)
+    one = await add_execution(store, "abcd1234" + "0" * 24, ExecutionStatus.COMPLETED)
+    others = [
+        await add_execution(store, f"ffff{i:04x}" + "0" * 24, ExecutionStatus.COMPLETED)
+        for i in (0, 1, 2, 3, 4, 5, 0x100, 0x101)
+    ]
+    for prefix in ("abcd", "ABCD12", "abcd1234-0", str(one)[:13], str(one), one.hex):
+        execution, invocations = await service.get_execution(prefix, db_url)
+        assert execution.id == one and invocations == []
+    with pytest.raises(ValidationError, match="'ffff00' is ambiguous") as caught:
+        await service.get_execution("ffff00", db_url)  # six match: five are shown
+    message = str(caught.value)
+    assert all(str(i) in message for i in others[:5]) and str(others[5]) not in message
+    assert message.count("ffff") == 6 and "and more" in message  # the prefix and five ids
+    with pytest.raises(ValidationError, match="'ffff01' is ambiguous") as caught:
+        await service.get_execution("ffff01", db_url)
+    assert str(others[6]) in str(caught.value) and str(others[7]) in str(caught.value)
+    assert "and more" not in str(caught.value)
+    with pytest.raises(NotFoundError, match="no execution matches 'beef'"):
+        await service.get_execution("beef", db_url)
+    for bad in ("abc", "abcx", "", "-" * 8):
+        with pytest.raises(ValidationError, match="at least its first 4 hex characters"):
+            await service.get_execution(bad, db_url)
+    # cancel and resume resolve the prefix too: their refusals name the whole id
+    with pytest.raises(ConflictError, match=f"execution {one} is completed"):
+        await service.cancel_execution("abcd12", db_url=db_url)
+    with pytest.raises(ConflictError, match=f"execution {one} is completed"):
+        await service.claim_run("abcd12", db_url=db_url)
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_run_resumes_by_prefix(db_url: str, answers: Any) -> None:
+    await pipeline(db_url)
+    failed = await service.run_topology("pipe", {"prompt": "FAIL"}, db_url=db_url)
+    assert failed.status == "failed"
+    with pytest.raises(ValidationError, match="not an execution id"):
+        await service.resume_execution("xyz!", db_url=db_url)
+    prefix = failed.execution_id.hex[:6]
+    started = await service.claim_run(prefix, db_url=db_url)
+    assert started.execution_id == failed.execution_id
+    result = await service.finish_run(started)
+    assert result.execution_id == failed.execution_id and result.status == "failed"
+
+
+def test_cli_executions_show_takes_a_prefix(db_url: str) -> None:
+    async def prepare() -> uuid.UUID:
+        store = Store(db_url)
+        ident = await add_execution(store, "0123abcd" + "0" * 24, ExecutionStatus.COMPLETED)
+        await add_execution(store, "0123ffff" + "0" * 24, ExecutionStatus.FAILED)
+        await store.close()
+        return ident
+
+    ident = asyncio.run(prepare())
+    env = {"QMCP_DATABASE_URL": db_url}
+    shown = CliRunner().invoke(app, ["executions", "show", "0123a"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["id"] == str(ident)
+    ambiguous = CliRunner().invoke(app, ["executions", "show", "0123"], env=env)
+    assert ambiguous.exit_code == 2
+    assert "is ambiguous" in ambiguous.stderr and str(ident) in ambiguous.stderr
+    missing = CliRunner().invoke(app, ["executions", "show", "9999"], env=env)
+    assert missing.exit_code == 2 and "no execution matches '9999'" in missing.stderr

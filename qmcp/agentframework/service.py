@@ -45,7 +45,7 @@ from qmcp.agentframework.runners import (
 # speak; they import them from here, the layer they call.
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
-from qmcp.agentframework.store import Store, parse_execution_id
+from qmcp.agentframework.store import Store
 from qmcp.agentframework.store.core import describe_bad_json, lone_surrogate
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 
@@ -378,6 +378,7 @@ async def claim_run(
     """Take a failed, cancelled or interrupted execution for this process, to finish it.
 
     It runs on `runner_type`, by default the runner it ran on; finished invocations are reused.
+    `execution_id` may be a unique prefix of the id.
     """
     execution = await Store(db_url).get_execution(execution_id)
     runner = make_runner(
@@ -458,8 +459,9 @@ async def cancel_execution(
     """Cancel a running execution this process owns (one of `runs`); it stays resumable.
 
     Anything else is refused with the reason: it runs in another process, or is not running.
+    `execution_id` may be a unique prefix of the id.
     """
-    ident = parse_execution_id(execution_id)
+    ident = await Store(db_url).resolve_execution_id(execution_id)
     if runs is not None and await runs.cancel(ident):
         return ident
     execution = await Store(db_url).get_execution(ident)
@@ -489,8 +491,9 @@ async def list_executions(
 async def get_execution(
     execution_id: str | uuid.UUID, db_url: str | None = None
 ) -> tuple[Execution, list[Invocation]]:
+    """An execution and its invocations, by id or a unique prefix of it (`Store.get_execution`)."""
     store = Store(db_url)
-    execution = await store.get_execution(parse_execution_id(execution_id))
+    execution = await store.get_execution(execution_id)
     return execution, await store.invocations(execution.id)
 
 

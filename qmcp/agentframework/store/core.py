@@ -6,6 +6,7 @@ runs in one transaction, on every backend the same way; reads are async ORM sess
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
@@ -424,8 +425,42 @@ class Store:
             )
         return execution
 
+    async def resolve_execution_id(self, execution_id: uuid.UUID | str) -> uuid.UUID:
+        """The execution id that `execution_id` names: a whole id, or a unique prefix of one
+        (at least MIN_ID_PREFIX hex characters, dashes optional, as git takes commit ids).
+
+        A whole id is returned as given, without a query; a prefix that matches no execution,
+        or several, is refused with the ids it matches.
+        """
+        parsed = parse_execution_ref(execution_id)
+        if isinstance(parsed, uuid.UUID):
+            return parsed
+        # The ids that start with `parsed` are one range of the primary key, on every backend:
+        # SQLite stores 32 lowercase hex characters, PostgreSQL's uuid orders by its bytes.
+        low, high = uuid.UUID(parsed.ljust(32, "0")), uuid.UUID(parsed.ljust(32, "f"))
+        query = (
+            select(EXECUTIONS.c.id)
+            .where(EXECUTIONS.c.id.between(low, high))
+            .order_by(EXECUTIONS.c.id)
+            .limit(AMBIGUOUS_SHOWN + 1)
+        )
+        found = await self._read(lambda s: [uuid.UUID(str(i)) for i in s.execute(query).scalars()])
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFoundError(
+                f"no execution matches {str(execution_id).strip()!r}; see `qmcp executions list`"
+            )
+        shown = ", ".join(str(i) for i in found[:AMBIGUOUS_SHOWN])
+        more = " and more" if len(found) > AMBIGUOUS_SHOWN else ""
+        raise ValidationError(
+            f"execution id prefix {str(execution_id).strip()!r} is ambiguous: it matches "
+            f"{shown}{more}; give more of the id"
+        )
+
     async def get_execution(self, execution_id: uuid.UUID | str) -> Execution:
-        ident = parse_execution_id(execution_id)
+        """One execution, by its id or a unique prefix of it."""
+        ident = await self.resolve_execution_id(execution_id)
         async with self.session() as s:
             execution = await s.get(Execution, ident)
         if execution is None:
@@ -748,6 +783,27 @@ def _json_path(path: tuple[Any, Any] | None) -> str:
         else:
             parts.append(f"[{json.dumps(key, default=repr)}]")
     return "".join(reversed(parts)).lstrip(".")
+
+
+MIN_ID_PREFIX = 4  # hex characters: fewer would match too much to be worth typing
+AMBIGUOUS_SHOWN = 5  # ids listed when a prefix matches several
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_execution_ref(value: uuid.UUID | str) -> uuid.UUID | str:
+    """A whole execution id as a UUID, or a prefix of one as lowercase hex without dashes."""
+    if isinstance(value, uuid.UUID):
+        return value
+    text = str(value).strip()
+    with contextlib.suppress(ValueError):
+        return uuid.UUID(text)
+    prefix = text.replace("-", "").lower()
+    if MIN_ID_PREFIX <= len(prefix) < 32 and _HEX.issuperset(prefix):
+        return prefix
+    raise ValidationError(
+        f"{text[:80]!r} is not an execution id: give an id as shown by `qmcp executions list`, "
+        f"or at least its first {MIN_ID_PREFIX} hex characters"
+    )
 
 
 def parse_execution_id(value: uuid.UUID | str) -> uuid.UUID:
