@@ -292,3 +292,24 @@ def test_complete_local_execution_example_prints_the_error_of_a_failed_run(
     assert "Status: failed" in done.stdout
     (error,) = [line for line in done.stdout.splitlines() if line.startswith("Error: ")]
     assert "ANTHROPIC_API_KEY" in error, "the cause and the fix"
+
+
+@pytest.mark.slow
+def test_readme_cli_section_works_when_pasted_in_order(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## CLI\n", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "PATH" in section and "pip install" in section, "how to put qmcp on PATH"
+    env = user_env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed research on async" in done.stdout
+    assert (tmp_path / "data" / "qmcp" / "qmcp.db").is_file()
