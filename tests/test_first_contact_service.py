@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from qmcp.agentframework import service
 from qmcp.agentframework.cli import app
 from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
 from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
-from qmcp.agentframework.models import MAX_NESTING, Execution, ExecutionStatus
+from qmcp.agentframework.models import MAX_NESTING, Execution, ExecutionStatus, utcnow
 from qmcp.agentframework.runners.base import check_input
 from qmcp.agentframework.store import Store
 
@@ -253,3 +254,54 @@ def test_cli_executions_show_takes_a_prefix(db_url: str) -> None:
     assert "is ambiguous" in ambiguous.stderr and str(ident) in ambiguous.stderr
     missing = CliRunner().invoke(app, ["executions", "show", "9999"], env=env)
     assert missing.exit_code == 2 and "no execution matches '9999'" in missing.stderr
+
+
+# -- 11. prune gives space back -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_prune_checkpoints_vacuums_and_reports_rows_and_bytes(db_url: str) -> None:
+    store = Store(db_url)
+    bulky = {"prompt": "x" * 20_000}
+    ids = []
+    for _ in range(40):
+        execution = Execution(
+            topology_name="t", runner_type="local", status=ExecutionStatus.COMPLETED, input=bulky
+        )
+        await store.add_execution(execution)
+        ids.append(execution.id)
+    kept = ids.pop()
+    for ident in ids:
+        await store.update_execution(ident, created_at=utcnow() - timedelta(days=40))
+    path = db_file(db_url)
+    wal = path.with_name(path.name + "-wal")
+    on_disk = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    result = await service.prune_executions(30, db_url=db_url)
+
+    assert result == 39 and isinstance(result, int)  # the count, as before
+    assert result.rows["executions"] == 39 and result.rows_deleted == 39
+    assert result.bytes_before is not None and result.bytes_before >= on_disk
+    after = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert result.bytes_after == after
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed and truncated
+    assert result.bytes_freed is not None and result.bytes_freed > 39 * 15_000  # vacuumed
+    assert "deleted 39 execution(s)" in result.summary() and "freed" in result.summary()
+    assert f"{result}" == "39"  # what `qmcp executions prune` prints today
+    execution, _ = await service.get_execution(kept, db_url)
+    assert execution.input == bulky
+    again = await service.prune_executions(30, db_url=db_url)
+    assert again == 0 and again.bytes_freed is not None
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_prune_counts_the_rows_of_every_table(db_url: str, answers: Any) -> None:
+    await pipeline(db_url)
+    for _ in range(3):
+        result = await service.run_topology("pipe", {"prompt": "hi"}, db_url=db_url)
+        assert result.status == "completed"
+    pruned = await service.prune_executions(0, db_url=db_url)
+    assert pruned == 3 and pruned.rows["invocations"] == 3
+    assert pruned.rows_deleted == 6
+    assert rows(db_url, "executions") == 0 and rows(db_url, "invocations") == 0

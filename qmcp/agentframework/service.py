@@ -46,7 +46,7 @@ from qmcp.agentframework.runners import (
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
 from qmcp.agentframework.store import Store
-from qmcp.agentframework.store.core import describe_bad_json, lone_surrogate
+from qmcp.agentframework.store.core import PruneResult, describe_bad_json, lone_surrogate
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -497,7 +497,12 @@ async def get_execution(
     return execution, await store.invocations(execution.id)
 
 
-async def prune_executions(older_than_days: float, db_url: str | None = None) -> int:
+async def prune_executions(older_than_days: float, db_url: str | None = None) -> PruneResult:
+    """Delete finished executions older than `older_than_days` and give the space back.
+
+    The result is the number of executions deleted (an int), with the rows and bytes freed
+    (`PruneResult.summary()` says it in one line).
+    """
     # NaN fails every comparison; inf and 1e300 would overflow the date arithmetic.
     if not 0 <= older_than_days <= MAX_PRUNE_DAYS:
         raise ValidationError(

@@ -6,13 +6,16 @@ runs in one transaction, on every backend the same way; reads are async ORM sess
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
@@ -37,10 +40,13 @@ from qmcp.agentframework.models import (
     utcnow,
 )
 from qmcp.agentframework.store.database import (
+    SQLITE_BUSY_TIMEOUT_MS,
     Database,
+    DatabaseError,
     close_database,
     database_for,
     database_url,
+    describe,
     parse_url,
 )
 from qmcp.agentframework.store.migrations import upgrade
@@ -644,13 +650,19 @@ class Store:
         counted: int = await self._write(_mark_interrupted)
         return counted
 
-    async def prune(self, older_than: timedelta) -> int:
+    async def prune(self, older_than: timedelta) -> PruneResult:
         """Delete finished executions older than `older_than`, with every row kept for them
-        (invocations, turns, approvals, memories), in one transaction."""
+        (invocations, turns, approvals, memories), in one transaction; then give the space
+        back to the file system (SQLite: checkpoint the WAL, VACUUM).
+
+        Returns the number of executions deleted, an `int` that also says how many rows went
+        and how many bytes the database file and its WAL shrank by.
+        """
         cutoff: datetime = utcnow() - older_than
         finished = [s for s in ExecutionStatus if s.finished]
+        tables = (TURNS, APPROVALS, MEMORIES, INVOCATIONS)
 
-        def prune(connection: Connection) -> int:
+        def prune(connection: Connection) -> dict[str, int]:
             ids = list(
                 connection.execute(
                     select(EXECUTIONS.c.id)
@@ -658,17 +670,115 @@ class Store:
                     .where(EXECUTIONS.c.status.in_(finished))
                 ).scalars()
             )
+            rows = dict.fromkeys([EXECUTIONS.name, *(t.name for t in tables)], 0)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                connection.execute(delete(TURNS).where(TURNS.c.execution_id.in_(chunk)))
-                connection.execute(delete(APPROVALS).where(APPROVALS.c.execution_id.in_(chunk)))
-                connection.execute(delete(MEMORIES).where(MEMORIES.c.execution_id.in_(chunk)))
-                connection.execute(delete(INVOCATIONS).where(INVOCATIONS.c.execution_id.in_(chunk)))
-                connection.execute(delete(EXECUTIONS).where(EXECUTIONS.c.id.in_(chunk)))
-            return len(ids)
+                for table in tables:
+                    deleted = connection.execute(
+                        delete(table).where(table.c.execution_id.in_(chunk))
+                    )
+                    rows[table.name] += deleted.rowcount
+                deleted = connection.execute(delete(EXECUTIONS).where(EXECUTIONS.c.id.in_(chunk)))
+                rows[EXECUTIONS.name] += deleted.rowcount
+            return rows
 
-        pruned: int = await self._write(prune)
-        return pruned
+        file = self.database.file
+        before = _file_bytes(file)
+        rows: dict[str, int] = await self._write(prune)
+        if file is not None:
+            await asyncio.to_thread(_compact, file, vacuum=rows[EXECUTIONS.name] > 0)
+        return PruneResult(
+            rows[EXECUTIONS.name], rows=rows, bytes_before=before, bytes_after=_file_bytes(file)
+        )
+
+
+class PruneResult(int):
+    """What `Store.prune` did: the int is the number of executions deleted (as it always was);
+    `rows` counts the rows deleted per table; `bytes_before` and `bytes_after` are the sizes of
+    the SQLite file with its WAL (None for other databases)."""
+
+    rows: dict[str, int]
+    bytes_before: int | None
+    bytes_after: int | None
+
+    def __new__(
+        cls,
+        executions: int,
+        *,
+        rows: Mapping[str, int] | None = None,
+        bytes_before: int | None = None,
+        bytes_after: int | None = None,
+    ) -> PruneResult:
+        result = super().__new__(cls, executions)
+        result.rows = dict(rows or {EXECUTIONS.name: executions})
+        result.bytes_before, result.bytes_after = bytes_before, bytes_after
+        return result
+
+    @property
+    def executions(self) -> int:
+        return int(self)
+
+    @property
+    def rows_deleted(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def bytes_freed(self) -> int | None:
+        """How much smaller the database file and its WAL are (0 if they grew meanwhile)."""
+        if self.bytes_before is None or self.bytes_after is None:
+            return None
+        return max(0, self.bytes_before - self.bytes_after)
+
+    def summary(self) -> str:
+        """One line for people: what was deleted and the space given back."""
+        text = f"deleted {int(self)} execution(s), {self.rows_deleted} row(s) in all"
+        if self.bytes_freed is not None and self.bytes_before is not None:
+            text += (
+                f"; freed {_human_bytes(self.bytes_freed)} (database and WAL: "
+                f"{_human_bytes(self.bytes_before)} -> {_human_bytes(self.bytes_after or 0)})"
+            )
+        return text
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError  # unreachable
+
+
+def _file_bytes(file: Path | None) -> int | None:
+    """The size of a SQLite file and its WAL, or None when there is no file."""
+    if file is None:
+        return None
+    total = 0
+    for path in (file, file.with_name(file.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
+def _compact(file: Path, *, vacuum: bool) -> None:
+    """Give a SQLite file's free pages back: checkpoint the WAL into the file and truncate it,
+    VACUUM (it writes through the WAL), and truncate the WAL again.
+
+    On a connection of its own, outside any transaction (VACUUM cannot run inside one); it
+    waits for other writers as long as any write does.
+    """
+    connection = sqlite3.connect(
+        file, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if vacuum:
+            connection.execute("VACUUM")
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        raise DatabaseError(describe(exc, f"sqlite:///{file}")) from exc
+    finally:
+        connection.close()
 
 
 def _check_nesting(connection: Connection, name: str, sub_ids: Sequence[int]) -> None:
