@@ -313,3 +313,22 @@ def test_readme_cli_section_works_when_pasted_in_order(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "completed research on async" in done.stdout
     assert (tmp_path / "data" / "qmcp" / "qmcp.db").is_file()
+
+
+def test_failure_and_retry_lines_show_model_errors_verbatim() -> None:
+    text = "[bold]disk [/var/log] full[/] :smile:"
+
+    def broken(request: LLMRequest) -> str:
+        raise RuntimeError(text)
+
+    register_function("broken", broken)
+    try:
+        cli("agents", "create", "fragile", "executor", "--model", "function:broken")
+        cli("agents", "topologies", "create", "shaky", "pipeline", "--slot", "only=fragile")
+        ran = cli("agents", "topologies", "run", "shaky", "--max-retries", "1")
+    finally:
+        unregister_function("broken")
+    assert ran.exit_code == 1, ran.output
+    assert any(line.startswith("retrying ") and text in line for line in ran.stderr.splitlines())
+    (error,) = [line for line in ran.stdout.splitlines() if line.startswith("error: ")]
+    assert text in error and ran.stdout.endswith("\n")
