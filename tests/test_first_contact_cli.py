@@ -332,3 +332,15 @@ def test_failure_and_retry_lines_show_model_errors_verbatim() -> None:
     assert any(line.startswith("retrying ") and text in line for line in ran.stderr.splitlines())
     (error,) = [line for line in ran.stdout.splitlines() if line.startswith("error: ")]
     assert text in error and ran.stdout.endswith("\n")
+
+
+def test_prune_reports_rows_and_bytes_freed() -> None:
+    cli("agents", "create", "once", "executor", "--model", "offline")
+    cli("agents", "topologies", "create", "old", "pipeline", "--slot", "only=once")
+    assert (
+        cli("agents", "topologies", "run", "old", "--input-json", '{"prompt": "x"}').exit_code == 0
+    )
+    pruned = cli("executions", "prune", "--older-than-days", "0")
+    assert pruned.exit_code == 0, pruned.output
+    line = pruned.stdout.strip()
+    assert line.startswith("deleted 1 execution(s), ") and "row(s)" in line and "freed " in line

@@ -541,11 +541,11 @@ def executions_prune(
         float, typer.Option(help="delete finished executions older than this")
     ] = 30,
 ) -> None:
-    """Delete old finished executions and their invocations."""
+    """Delete old finished executions and their invocations, and give the space back."""
     from qmcp.agentframework import service
 
-    count = _call(lambda: service.prune_executions(older_than_days))
-    _console().print(_text(f"deleted {count} execution(s) older than {older_than_days:g} day(s)"))
+    pruned = _call(lambda: service.prune_executions(older_than_days))
+    _console().print(_text(f"{pruned.summary()}; cut-off {older_than_days:g} day(s)"))
 
 
 @approvals_app.command("list")
