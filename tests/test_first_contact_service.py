@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import uuid
 from datetime import timedelta
@@ -305,3 +306,52 @@ async def test_prune_counts_the_rows_of_every_table(db_url: str, answers: Any) -
     assert pruned == 3 and pruned.rows["invocations"] == 3
     assert pruned.rows_deleted == 6
     assert rows(db_url, "executions") == 0 and rows(db_url, "invocations") == 0
+
+
+# -- PostgreSQL: the same prefixes, refusals and checks -------------------------------------
+
+POSTGRES = os.environ.get("QMCP_TEST_POSTGRES_URL")  # e.g. postgresql+asyncpg://u@127.0.0.1/db
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not POSTGRES, reason="set QMCP_TEST_POSTGRES_URL to test PostgreSQL")
+async def test_postgresql_prefixes_strict_json_nesting_and_prune() -> None:
+    """On a server of your own: a scratch database, created here and dropped after."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    assert POSTGRES is not None
+    server = make_url(POSTGRES)
+    admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"qmcp_test_{uuid.uuid4().hex[:12]}"
+    async with admin.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(False)
+    try:
+        store = Store(url)
+        one = await add_execution(store, "abcd1234" + "0" * 24, ExecutionStatus.COMPLETED)
+        for ident in ("ffff0001", "ffff0002"):
+            await add_execution(store, ident + "0" * 24, ExecutionStatus.COMPLETED)
+        assert (await service.get_execution("ABCD-12", url))[0].id == one
+        with pytest.raises(ValidationError, match="'ffff' is ambiguous: it matches ffff0001"):
+            await service.get_execution("ffff", url)
+        with pytest.raises(NotFoundError, match="no execution matches 'beef'"):
+            await service.get_execution("beef", url)
+        with pytest.raises(ValidationError, match="input has NaN at p"):
+            await service.start_run("pipe", '{"p": NaN}', db_url=url)
+        await service.create_agent("w", "executor", model="offline", db_url=url)
+        await service.create_topology("l0", "pipeline", {"a": "w"}, db_url=url)
+        for level in range(1, MAX_NESTING + 1):
+            await service.create_topology(
+                f"l{level}", "pipeline", {"a": f"topology:l{level - 1}"}, db_url=url
+            )
+        with pytest.raises(ValidationError, match="topology 'l6' would nest 6 levels deep"):
+            await service.create_topology("l6", "pipeline", {"a": "topology:l5"}, db_url=url)
+        pruned = await service.prune_executions(0, url)
+        assert pruned == 3 and pruned.bytes_freed is None
+        await store.close()
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
