@@ -37,7 +37,7 @@ runs: topologies_run with wait=false returns an execution id at once; poll execu
 
 
 def build_server(db_url: str | None = None) -> MCPServer:
-    """A server over the database at `db_url` (default: QMCP_DATABASE_URL or ./agent.db)."""
+    """A server over the database at `db_url` (default: QMCP_DATABASE_URL, else qmcp.db in the per-user data directory)."""
     state = ServerState(db_url)
     # Registering loads no plugins; the registries load them (QMCP_PLUGINS included) on their
     # first look-up, which a tool call makes, so `tools/list` pays for none of them.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install qmcp-server into .venv and run the main job end to end on the embedded default:
-# SQLite (./agent.db) and the offline model — no API key needed.
+# SQLite (in the per-user data directory; `qmcp info` says where) and the offline model — no API key needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

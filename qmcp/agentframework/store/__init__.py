@@ -1,7 +1,7 @@
 """The database: one configuration, numbered migrations, one write path per backend.
 
-One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else
-`sqlite+aiosqlite:///./agent.db`. SQLite runs in WAL mode with a busy timeout, foreign keys and
+One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else `qmcp.db` in the
+per-user data directory (platformdirs). SQLite runs in WAL mode with a busy timeout, foreign keys and
 `synchronous=NORMAL`; PostgreSQL runs on asyncpg.
 
 - `core`: `Store`, every query and write of the project;
