@@ -1,15 +1,17 @@
 """Streamable HTTP around a built server: loopback by default, DNS-rebinding protection on, a
 bearer token beyond it. This module never imports `qmcp_server.server`; it is handed a server.
 
-`QMCP_HTTP_TOKEN` is required whenever the server binds to anything but loopback; when it is set
-every request but `/health` must carry `Authorization: Bearer <token>`. Extra Host header values
-(a reverse proxy's name) go in `QMCP_HTTP_ALLOWED_HOSTS`, comma-separated.
+`QMCP_HTTP_TOKEN` is required whenever the server binds to anything but loopback, and there it must
+be at least 32 characters; when it is set every request but `/health` must carry
+`Authorization: Bearer <token>` (the scheme in any case, as RFC 7235 has it). Extra Host header
+values (a reverse proxy's name) go in `QMCP_HTTP_ALLOWED_HOSTS`, comma-separated.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import socket
 import sys
 
 from mcp.server.mcpserver import MCPServer
@@ -23,6 +25,19 @@ from qmcp.agentframework.errors import ConfigurationError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PUBLIC_PATHS = ("/health",)
+MIN_TOKEN_LENGTH = 32
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def bearer_credentials(header: bytes) -> bytes | None:
+    """The credentials of an `Authorization: Bearer <token>` header, or None for another scheme.
+
+    The scheme is case-insensitive (RFC 7235 section 2.1); spaces around the token are dropped.
+    """
+    scheme, _, credentials = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return credentials.strip()
 
 
 class BearerTokenMiddleware:
@@ -30,12 +45,13 @@ class BearerTokenMiddleware:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") not in PUBLIC_PATHS:
-            supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, self.expected):
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            supplied = bearer_credentials(header)
+            if supplied is None or not hmac.compare_digest(supplied, self.expected):
                 response = JSONResponse(
                     {
                         "error": "unauthorized",
@@ -74,11 +90,18 @@ def build_http_app(
     json_response: bool = False,
 ) -> ASGIApp:
     """The ASGI app over `server`: MCP at /mcp, a health route at /health, bearer auth when a
-    token is set. Refuses to serve beyond loopback without a token."""
+    token is set. Refuses to serve beyond loopback without a token of 32 characters or more."""
     if host not in LOOPBACK and not token:
         raise ConfigurationError(
-            f"refusing to serve HTTP on {host} without a token: set QMCP_HTTP_TOKEN (any long "
-            "random string) and send it as 'Authorization: Bearer <token>', or bind to 127.0.0.1"
+            f"refusing to serve HTTP on {host} without a token: set QMCP_HTTP_TOKEN to the "
+            f"output of `{MAKE_TOKEN}` and send it as 'Authorization: Bearer <token>', or bind "
+            "to 127.0.0.1"
+        )
+    if host not in LOOPBACK and token and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"refusing to serve HTTP on {host} with a {len(token)}-character QMCP_HTTP_TOKEN: "
+            f"beyond loopback it must be at least {MIN_TOKEN_LENGTH} characters; make one with "
+            f"`{MAKE_TOKEN}`"
         )
 
     @server.custom_route("/health", methods=["GET"])
@@ -91,8 +114,16 @@ def build_http_app(
     return BearerTokenMiddleware(app, token) if token else app
 
 
+def listening_url(host: str, port: int) -> str:
+    """The MCP endpoint's URL for a server bound to `host`:`port` (IPv6 hosts in brackets)."""
+    return f"http://[{host}]:{port}/mcp" if ":" in host else f"http://{host}:{port}/mcp"
+
+
 def serve_http(server: MCPServer, host: str, port: int) -> None:
-    """Serve `server` over streamable HTTP until interrupted; the token is QMCP_HTTP_TOKEN."""
+    """Serve `server` over streamable HTTP until interrupted; the token is QMCP_HTTP_TOKEN.
+
+    Once the socket is bound, one line on stderr says where (the bound port, so `--port 0` works).
+    """
     import uvicorn
 
     try:
@@ -100,4 +131,15 @@ def serve_http(server: MCPServer, host: str, port: int) -> None:
     except ConfigurationError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets or ()]
+                sys.stderr.write(
+                    f"qmcp-server listening on {listening_url(host, bound[0] if bound else port)}\n"
+                )
+                sys.stderr.flush()
+
+    Announcing(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()

@@ -1,0 +1,204 @@
+"""First contact with the server (issue 11): HTTP hardening (10), the URL `serve` listens on (12),
+JSON-RPC error codes (13). Real processes and real HTTP wherever it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+LISTENING = re.compile(r"^qmcp-server listening on (http://127\.0\.0\.1:(\d+)/mcp)$")
+GOOD_TOKEN = "k" * 32
+ENTRY_POINTS = [
+    pytest.param(["qmcp-server"], id="qmcp-server"),
+    pytest.param(["qmcp", "serve"], id="qmcp-serve"),
+]
+
+
+def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "QMCP_HTTP"))}
+    env.update(
+        {
+            "QMCP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/agent.db",
+            "QMCP_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+    return env
+
+
+class HttpServer:
+    """An HTTP server process on port 0, found through the line it prints on stderr."""
+
+    def __init__(self, command: list[str], tmp_path: Path, **env: str) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / command[0]), *command[1:], "--transport", "http", "--port", "0"],
+            env=server_env(tmp_path, **env),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.url = self._wait_for_url()
+        self.base = self.url.removesuffix("/mcp")
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.stderr.append(line)
+            if match := LISTENING.match(line):
+                return match.group(1)
+        self.process.kill()
+        raise AssertionError(f"no 'listening on' line; stderr: {self.stderr}")
+
+    def post(self, **headers: str) -> httpx.Response:
+        return httpx.post(self.url, json=INITIALIZE, headers={**MCP_HEADERS, **headers}, timeout=10)
+
+    def stop(self) -> tuple[str, list[str]]:
+        self.process.terminate()
+        stdout, _ = self.process.communicate(timeout=20)
+        while (line := self.lines.get(timeout=5)) is not None:
+            self.stderr.append(line)
+        return stdout, self.stderr
+
+
+# -- 12: `serve --transport http` says where it listens ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS)
+def test_http_serve_prints_the_url_it_listens_on(command: list[str], tmp_path: Path) -> None:
+    server = HttpServer(command, tmp_path)
+    try:
+        port = int(server.url.rsplit(":", 1)[1].removesuffix("/mcp"))
+        assert port > 0  # the bound port, not the 0 that was asked for
+        assert httpx.get(f"{server.base}/health", timeout=5).json()["status"] == "ok"
+        assert server.post().status_code == 200
+    finally:
+        stdout, stderr = server.stop()
+    assert stdout == ""
+    assert sum(1 for line in stderr if "listening on" in line) == 1
+
+
+def test_stdio_writes_nothing_but_json_rpc_to_stdout(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "qmcp-server")],
+        input=json.dumps(INITIALIZE) + "\n",
+        env=server_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines, done.stderr
+    assert [json.loads(line)["id"] for line in lines] == [1]
+    assert "listening" not in done.stdout + done.stderr
+
+
+# -- 10: HTTP hardening -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS)
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
+def test_a_short_token_beyond_loopback_exits_2_saying_how_to_make_one(
+    command: list[str], host: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [str(BIN / command[0]), *command[1:], "--transport", "http", "--host", host, "--port", "0"],
+        env=server_env(tmp_path, QMCP_HTTP_TOKEN="t" * 31),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error:") and "QMCP_HTTP_TOKEN" in lines[0]
+    assert "at least 32 characters" in lines[0]
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in lines[0]
+    assert "t" * 31 not in done.stderr
+
+
+def test_the_suggested_command_makes_a_token_that_is_accepted() -> None:
+    from qmcp_server.http import MAKE_TOKEN, MIN_TOKEN_LENGTH, build_http_app
+    from qmcp_server.server import build_server
+
+    made = subprocess.run(
+        [sys.executable, "-c", MAKE_TOKEN.split('"')[1]], capture_output=True, text=True
+    )
+    token = made.stdout.strip()
+    assert len(token) >= MIN_TOKEN_LENGTH
+    build_http_app(build_server(), "0.0.0.0", 8765, token=token)
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[HttpServer]:
+    server = HttpServer(["qmcp-server"], tmp_path, QMCP_HTTP_TOKEN=GOOD_TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(token_server: HttpServer, scheme: str) -> None:
+    response = token_server.post(Authorization=f"{scheme} {GOOD_TOKEN}")
+    assert response.status_code == 200, response.text
+    assert "qmcp-server" in response.text  # the initialize result's serverInfo
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "bearer wrong",
+        f"BEARER {GOOD_TOKEN}x",
+        f"bearer {GOOD_TOKEN[:-1]}",
+        f"bearer{GOOD_TOKEN}",
+        f"Basic {GOOD_TOKEN}",
+        f"Bearerx {GOOD_TOKEN}",
+        GOOD_TOKEN,
+        "bearer",
+        "",
+    ],
+)
+def test_wrong_credentials_are_still_refused(token_server: HttpServer, authorization: str) -> None:
+    response = token_server.post(Authorization=authorization)
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert GOOD_TOKEN not in response.text
