@@ -7,13 +7,17 @@ from typing import Annotated
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
+from qmcp_server.errors import invalid_params, prompt_errors
 from qmcp_server.state import ServerState
+
+STYLES = ("pipeline", "ensemble")
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:
     db_url = state.db_url
 
     @mcp.prompt(name="run_workflow", title="Set up and run a multi-agent workflow")
+    @prompt_errors
     async def run_workflow(
         request: Annotated[str, Field(description="what you want the agents to do")],
         style: Annotated[
@@ -21,6 +25,10 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         ] = "pipeline",
     ) -> str:
         """Turn a plain request into tool calls that create agents and a topology, then run it."""
+        if style not in STYLES:
+            raise invalid_params(f"style must be pipeline or ensemble, not {style!r}")
+        if not request.strip():
+            raise invalid_params("request is empty; say what you want the agents to do")
         from qmcp.agentframework import service
 
         agents = await service.list_agents(db_url=db_url)

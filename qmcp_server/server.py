@@ -15,13 +15,16 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, CallToolResult, GetPromptResult, InputRequiredResult
 
 from qmcp import __version__
 from qmcp.agentframework.llm import ProviderRegistry
 from qmcp_server import prompts, resources, tools
+from qmcp_server.errors import invalid_params
 from qmcp_server.sampling import SamplingProvider
 from qmcp_server.state import ServerState
 
@@ -36,8 +39,48 @@ an input object such as {"prompt": "..."}; read qmcp://executions/{id} for the f
 runs: topologies_run with wait=false returns an execution id at once; poll executions_get."""
 
 
+class QmcpServer(MCPServer):
+    """MCPServer answering requests it cannot take with JSON-RPC's -32602 (Invalid params), as the
+    MCP spec has it: an unknown tool (the SDK returns an error result), an unknown prompt or a
+    prompt's missing or unknown arguments (the SDK sends code 0, or a bare -32603 on 2026-07-28).
+    """
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        if self._tool_manager.get_tool(name) is None:
+            known = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
+            raise invalid_params(f"unknown tool {name!r}; known: {known}")
+        return await super().call_tool(name, arguments, context)
+
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult | InputRequiredResult:
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is None:
+            known = ", ".join(sorted(p.name for p in self._prompt_manager.list_prompts()))
+            raise invalid_params(f"unknown prompt {name!r}; known: {known}")
+        declared = {a.name: a.required for a in prompt.arguments or []}
+        given = set(arguments or {})
+        if missing := sorted(a for a, required in declared.items() if required and a not in given):
+            raise invalid_params(f"prompt {name!r} needs the argument(s): {', '.join(missing)}")
+        if unknown := sorted(given - set(declared)):
+            raise invalid_params(
+                f"prompt {name!r} takes no argument(s) {', '.join(unknown)}; "
+                f"it takes: {', '.join(declared)}"
+            )
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:  # how the SDK reports a prompt that failed to render
+            raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
+
+
 def build_server(db_url: str | None = None) -> MCPServer:
-    """A server over the database at `db_url` (default: QMCP_DATABASE_URL, else qmcp.db in the per-user data directory)."""
+    """A server over the database at `db_url` (default: QMCP_DATABASE_URL, else qmcp.db in the
+    per-user data directory)."""
     state = ServerState(db_url)
     # Registering loads no plugins; the registries load them (QMCP_PLUGINS included) on their
     # first look-up, which a tool call makes, so `tools/list` pays for none of them.
@@ -50,7 +93,7 @@ def build_server(db_url: str | None = None) -> MCPServer:
         finally:
             await state.runs.shutdown()
 
-    mcp: MCPServer = MCPServer(
+    mcp: MCPServer = QmcpServer(
         name="qmcp-server",
         title="qmcp: multi-agent LLM topologies",
         instructions=INSTRUCTIONS,

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,3 +203,113 @@ def test_wrong_credentials_are_still_refused(token_server: HttpServer, authoriza
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert GOOD_TOKEN not in response.text
+
+
+# -- 13: protocol errors use JSON-RPC codes, in both protocol eras ----------------------------
+
+MODES = [pytest.param({}, id="stateless-2026"), pytest.param({"mode": "legacy"}, id="legacy")]
+
+
+async def protocol_error(request: Awaitable[object]) -> tuple[int, str]:
+    from mcp.shared.exceptions import MCPError
+
+    with pytest.raises(MCPError) as raised:
+        await request
+    return raised.value.error.code, raised.value.error.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kwargs", MODES)
+@pytest.mark.parametrize(
+    ("name", "arguments", "says"),
+    [
+        (
+            "no_such_prompt",
+            {"request": "x"},
+            "unknown prompt 'no_such_prompt'; known: run_workflow",
+        ),
+        ("run_workflow", {}, "needs the argument(s): request"),
+        ("run_workflow", {"style": "pipeline"}, "needs the argument(s): request"),
+        ("run_workflow", {"request": "x", "bogus": "1"}, "takes no argument(s) bogus"),
+        ("run_workflow", {"request": "x", "style": "chaos"}, "pipeline or ensemble, not 'chaos'"),
+        ("run_workflow", {"request": "  "}, "request is empty"),
+    ],
+    ids=["unknown", "no-arguments", "missing-request", "unknown-argument", "bad-style", "empty"],
+)
+async def test_prompts_get_with_bad_params_is_invalid_params(
+    kwargs: dict[str, Any], name: str, arguments: dict[str, str], says: str, db_url: str
+) -> None:
+    from mcp import Client
+    from mcp_types import INVALID_PARAMS
+
+    from qmcp_server.server import build_server
+
+    async with Client(build_server(db_url), **kwargs) as client:
+        code, message = await protocol_error(client.get_prompt(name, arguments))
+        assert (code, says in message) == (INVALID_PARAMS, True), message
+        good = await client.get_prompt("run_workflow", {"request": "x", "style": "ensemble"})
+        assert "ensemble" in good.messages[0].content.text  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kwargs", MODES)
+async def test_a_prompt_that_fails_for_the_librarys_reasons_is_internal_error_in_its_words(
+    kwargs: dict[str, Any],
+) -> None:
+    from mcp import Client
+    from mcp_types import INTERNAL_ERROR
+
+    from qmcp_server.server import build_server
+
+    async with Client(build_server("nonsense://nowhere"), **kwargs) as client:
+        code, message = await protocol_error(client.get_prompt("run_workflow", {"request": "x"}))
+    assert code == INTERNAL_ERROR and "nonsense" in message, (code, message)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kwargs", MODES)
+async def test_tools_call_of_an_unknown_tool_is_invalid_params(
+    kwargs: dict[str, Any], db_url: str
+) -> None:
+    from mcp import Client
+    from mcp_types import INVALID_PARAMS
+
+    from qmcp_server.server import build_server
+
+    async with Client(build_server(db_url), **kwargs) as client:
+        code, message = await protocol_error(client.call_tool("agents_destroy_all", {}))
+        assert code == INVALID_PARAMS and "unknown tool 'agents_destroy_all'" in message
+        assert "agents_list" in message  # the known tools are named
+        # Arguments that fail a known tool's schema stay a tool error the model can read and
+        # correct (MCP 2025-11-25, SEP-1303), not a protocol error.
+        bad = await client.call_tool("agents_show", {})
+        assert bad.is_error and "name" in bad.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kwargs", MODES)
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("qmcp://agents/nobody", "nobody"),
+        ("qmcp://topologies/nothing", "nothing"),
+        ("qmcp://executions/not-an-id", "not-an-id"),
+        ("qmcp://executions/00000000-0000-0000-0000-000000000000", "00000000"),
+        ("qmcp://nothing/here", "qmcp://nothing/here"),
+        ("not a uri", "not a uri"),
+    ],
+    ids=["agent", "topology", "malformed-execution", "unknown-execution", "no-template", "no-uri"],
+)
+async def test_resources_read_of_a_missing_or_malformed_uri_is_invalid_params(
+    kwargs: dict[str, Any], uri: str, says: str, db_url: str
+) -> None:
+    """Resource not found is -32602 per SEP-2164 (the SDK's ResourceNotFoundError); the older
+    -32002 is not a code the SDK defines."""
+    from mcp import Client
+    from mcp_types import INVALID_PARAMS
+
+    from qmcp_server.server import build_server
+
+    async with Client(build_server(db_url), **kwargs) as client:
+        code, message = await protocol_error(client.read_resource(uri))
+    assert code == INVALID_PARAMS and says in message, (code, message)
