@@ -9,6 +9,7 @@ values (a reverse proxy's name) go in `QMCP_HTTP_ALLOWED_HOSTS`, comma-separated
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
 import socket
@@ -119,10 +120,28 @@ def listening_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/mcp" if ":" in host else f"http://{host}:{port}/mcp"
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port`, or exit 2 with one line saying why not and the fix."""
+    try:
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fix = "another process has it; pick another with --port (0 picks a free one)"
+        elif exc.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges; pick another with --port"
+        else:
+            fix = "give --host an address of this machine (127.0.0.1 for this machine only)"
+        cause = os.strerror(exc.errno) if exc.errno else str(exc)
+        sys.stderr.write(f"error: cannot listen on {host}:{port}: {cause}; {fix}\n")
+        raise SystemExit(2) from None
+
+
 def serve_http(server: MCPServer, host: str, port: int) -> None:
     """Serve `server` over streamable HTTP until interrupted; the token is QMCP_HTTP_TOKEN.
 
-    Once the socket is bound, one line on stderr says where (the bound port, so `--port 0` works).
+    Once the server is up, one line on stderr says where (the bound port, so `--port 0` works).
     """
     import uvicorn
 
@@ -131,15 +150,15 @@ def serve_http(server: MCPServer, host: str, port: int) -> None:
     except ConfigurationError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
+    listening = bind(host, port)
+    url = listening_url(host, listening.getsockname()[1])
 
     class Announcing(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
-                bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets or ()]
-                sys.stderr.write(
-                    f"qmcp-server listening on {listening_url(host, bound[0] if bound else port)}\n"
-                )
+                sys.stderr.write(f"qmcp-server listening on {url}\n")
                 sys.stderr.flush()
 
-    Announcing(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    Announcing(config).run(sockets=[listening])

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -131,6 +132,31 @@ def test_stdio_writes_nothing_but_json_rpc_to_stdout(tmp_path: Path) -> None:
     assert lines, done.stderr
     assert [json.loads(line)["id"] for line in lines] == [1]
     assert "listening" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS)
+def test_a_port_in_use_or_a_foreign_address_exits_2_in_one_line(
+    command: list[str], tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for host, port_arg, says in (
+            ("127.0.0.1", str(port), "pick another with --port"),
+            ("192.0.2.10", "0", "give --host an address of this machine"),
+        ):
+            options = ["--transport", "http", "--host", host, "--port", port_arg]
+            done = subprocess.run(
+                [str(BIN / command[0]), *command[1:], *options],
+                env=server_env(tmp_path, QMCP_HTTP_TOKEN=GOOD_TOKEN),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: cannot listen on"), lines
+            assert f"{host}:{port_arg}" in lines[0] and says in lines[0], lines
 
 
 # -- 10: HTTP hardening -----------------------------------------------------------------------
