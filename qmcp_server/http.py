@@ -146,7 +146,9 @@ def serve_http(server: MCPServer, host: str, port: int) -> None:
     import uvicorn
 
     try:
-        app = build_http_app(server, host, port, token=os.environ.get("QMCP_HTTP_TOKEN") or None)
+        # A token read from a file or a .env line may carry a newline; a bearer token never does.
+        token = os.environ.get("QMCP_HTTP_TOKEN", "").strip() or None
+        app = build_http_app(server, host, port, token=token)
     except ConfigurationError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None

@@ -339,3 +339,12 @@ async def test_resources_read_of_a_missing_or_malformed_uri_is_invalid_params(
     async with Client(build_server(db_url), **kwargs) as client:
         code, message = await protocol_error(client.read_resource(uri))
     assert code == INVALID_PARAMS and says in message, (code, message)
+
+
+def test_a_token_with_a_trailing_newline_is_the_token(tmp_path: Path) -> None:
+    server = HttpServer(["qmcp-server"], tmp_path, QMCP_HTTP_TOKEN=f"  {GOOD_TOKEN}\n")
+    try:
+        assert server.post(Authorization=f"Bearer {GOOD_TOKEN}").status_code == 200
+        assert server.post(Authorization="Bearer").status_code == 401
+    finally:
+        server.stop()
