@@ -1,8 +1,8 @@
 """The database: one configuration, numbered migrations, one write path per backend.
 
-One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else `qmcp.db` in the
-per-user data directory (platformdirs). SQLite runs in WAL mode with a busy timeout, foreign keys and
-`synchronous=NORMAL`; PostgreSQL runs on asyncpg.
+One configuration everywhere: the URL passed in, else `QMCP_DATABASE_URL`, else `qmcp.db` in
+the per-user data directory (platformdirs). SQLite runs in WAL mode with a busy timeout, foreign
+keys and `synchronous=NORMAL`; PostgreSQL runs on asyncpg.
 
 - `core`: `Store`, every query and write of the project;
 - `database`: one URL's connections in this process and the single write path of each backend;
