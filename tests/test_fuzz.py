@@ -909,13 +909,14 @@ def test_stdio_server_survives_malformed_json_rpc(tmp_path: Path) -> None:
         errors.close()
     TRIED["stdio"] = TRIED.get("stdio", 0) + len(hostile)
     assert replies[99]["result"]["structuredContent"] == {"executions": []}
-    for ident in (4, 6, 7, 8, 9):
+    for ident in (4, 6, 7, 8):
         result = replies[ident]["result"]
         assert result["isError"] is True, result
         text = result["content"][0]["text"]
         assert_no_traceback(text)
         assert text.strip() != "Error executing tool"
     assert "error" in replies[5]  # not an arguments object: a JSON-RPC error, not a crash
+    assert replies[9]["error"]["code"] == -32602  # an unknown tool: invalid params (the spec's)
     assert row_counts(db_file)["agent_types"] == 0
     assert row_counts(db_file)["executions"] == 0
 
