@@ -14,7 +14,7 @@ SCALARS = st.one_of(st.text(), st.integers(), st.floats(), st.booleans(), st.non
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text(), VALUES))
 def test_indented_is_json_dumps_with_indent(data: dict[str, Any]) -> None:
     expected = json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True, default=str)
