@@ -12,7 +12,6 @@ fi
 if [ ! -x node_modules/.bin/mcp-inspector ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
-export USERNAME=${USERNAME:-qmcp-tests}
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy qmcp qmcp_server

@@ -27,6 +27,9 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QMCP_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/agent.db")
+    # A user name for Metaflow, which refuses to run as root without one, so that tests running a
+    # flow file directly need no exported USERNAME; the runner's own fallback for a missing name
+    # is tested with all of them unset (test_metaflow_runner.py).
     monkeypatch.setenv("USERNAME", os.environ.get("USERNAME", "qmcp-tests"))
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path / "metaflow"))
     ProviderRegistry.reset()

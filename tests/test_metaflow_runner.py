@@ -764,6 +764,40 @@ async def test_resume_runs_only_what_did_not_finish(
     }
 
 
+USER_NAMES = ("USERNAME", "USER", "METAFLOW_USER", "SUDO_USER")
+
+
+def no_user_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root in a bare container: no variable Metaflow takes a user name from, and no
+    namespace this process's Metaflow Client already resolved from one."""
+    import metaflow.client.core
+    import metaflow.metaflow_config
+    from metaflow.util import get_username
+
+    for name in USER_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(metaflow.metaflow_config, "USER", None)  # METAFLOW_USER, read at import
+    monkeypatch.setattr(metaflow.client.core, "current_namespace", False)  # resolve it again
+    assert get_username() is None
+
+
+@slow
+async def test_runs_with_no_user_name_as_the_readme_promises(
+    metaflow_env: Path, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_user_name(monkeypatch)
+    agents = {"only": agent("lone", AgentRole.EXECUTOR, Models.OFFLINE)}
+    topology = Topology(name="lone", topology_type=TopologyType.PIPELINE)
+    runner = MetaflowRunner(output_dir=tmp_path / "flows", db_url=db_url)
+    result = await runner.run(topology, agents, {"prompt": "go"})
+    assert result.status == "completed", result.error
+    local = await LocalRunner(db_url=db_url).run(topology, agents, {"prompt": "go"})
+    assert result.output == local.output
+    record = await Store(db_url).get_execution(result.execution_id)
+    assert record.snapshot["metaflow"]["run_id"], "the parent's Metaflow Client found the run"
+    assert not any(name in os.environ for name in USER_NAMES), "the fallback name is scoped"
+
+
 @slow
 def test_cluster_environments_add_decorators_and_pass_check(tmp_path: Path) -> None:
     model = Models.OFFLINE
@@ -817,9 +851,12 @@ async def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
         "my_debate", "pipeline", {"one": "a1", "two": "a2"}, db_url=db_url
     )
 
+    # The CLI's runner needs no user name (README); a flow file run directly by Metaflow does.
+    bare = {k: v for k, v in env.items() if k not in USER_NAMES}
+
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [qmcp, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+            [qmcp, *args], capture_output=True, text=True, env=bare, cwd=tmp_path, timeout=300
         )
 
     generated = await asyncio.to_thread(cli, "agents", "topologies", "flow", "my_debate")

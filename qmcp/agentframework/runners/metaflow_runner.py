@@ -14,14 +14,16 @@ names come from the declaration, never from slot names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +49,51 @@ ENVIRONMENTS = ("local", "kubernetes", "batch")
 POLL_SECONDS = 0.25
 RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 HELPERS = "from qmcp.agentframework.runners import metaflow_helpers as h"
+FALLBACK_USER = "qmcp"
+
+
+def _needs_user() -> bool:
+    """Whether Metaflow would find no user name here (root, or USERNAME, USER and METAFLOW_USER
+    all unset): then it refuses to run a flow, and its Client refuses to look one up."""
+    from metaflow.util import get_username
+
+    return get_username() is None
+
+
+class _FallbackUser:
+    """`USERNAME=qmcp` in this process while runs use Metaflow's Runner and Client, when Metaflow
+    finds no user name; restored when the last such run ends (runs may overlap).
+
+    USERNAME rather than METAFLOW_USER: Metaflow reads METAFLOW_USER once, when it is imported,
+    and USERNAME each time it asks for the user.
+    """
+
+    lock = threading.Lock()
+    holders = 0
+    saved: str | None = None
+    applied = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def scope(cls) -> Iterator[bool]:
+        """Yields whether the fallback name applies (the flow's processes need it too)."""
+        with cls.lock:
+            if cls.holders == 0 and _needs_user():
+                cls.saved, cls.applied = os.environ.get("USERNAME"), True
+                os.environ["USERNAME"] = FALLBACK_USER
+            cls.holders += 1
+            applied = cls.applied
+        try:
+            yield applied
+        finally:
+            with cls.lock:
+                cls.holders -= 1
+                if cls.holders == 0 and cls.applied:
+                    if cls.saved is None:
+                        os.environ.pop("USERNAME", None)
+                    else:
+                        os.environ["USERNAME"] = cls.saved
+                    cls.saved, cls.applied = None, False
 
 
 def flow_shape(kind: TopologyKind, config: Any, slots: list[str]) -> list[FlowStep]:
@@ -270,10 +317,10 @@ class MetaflowRunner(BaseRunner):
 
     # -- running ----------------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, fallback_user: bool) -> dict[str, str]:
         env = {"QMCP_DATABASE_URL": self.store.url}
-        if not (os.environ.get("USERNAME") or os.environ.get("METAFLOW_USER")):
-            env["USERNAME"] = "qmcp"  # Metaflow refuses to run as root without a user name
+        if fallback_user:  # Metaflow refuses to run as root without a user name
+            env["USERNAME"] = FALLBACK_USER
         return env
 
     async def finish(
@@ -285,12 +332,20 @@ class MetaflowRunner(BaseRunner):
         runner configuration) runs a new flow over the same execution instead: its completed
         invocations are answered from their checkpoints, not asked again.
         """
+        # Metaflow's Runner and Client in this process need a user name too, not only the flow's.
+        with _FallbackUser.scope() as fallback_user:
+            return await self._run_flow(prepared, fallback_user, on_event)
+
+    async def _run_flow(
+        self, prepared: PreparedRun, fallback_user: bool, on_event: EventHandler | None
+    ) -> RunResult:
         execution = prepared.execution
         info = await self._flow_file(execution)
         started_at, t0 = utcnow(), time.perf_counter()
         from metaflow import Runner
 
-        flow = Runner(info["flow_file"], show_output=False, pylint=False, env=self._env())
+        env = self._env(fallback_user)
+        flow = Runner(info["flow_file"], show_output=False, pylint=False, env=env)
         try:
             if info.get("run_id"):
                 running = await flow.async_resume(origin_run_id=info["run_id"])
