@@ -31,6 +31,16 @@ def env(db_url: str, tmp_path: Path, sleep: float) -> dict[str, str]:
     }
 
 
+def default_sigint() -> None:
+    """Run in the child before it starts: give it the default SIGINT handler.
+
+    A background job of a non-interactive shell (`nohup ./scripts/test.sh &`) starts with SIGINT
+    ignored and its children inherit that (`restore_signals` does not cover SIGINT); Python turns
+    SIGINT into KeyboardInterrupt only when it starts with the default handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def qmcp(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([QMCP, *args], capture_output=True, text=True, env=environ, timeout=120)
 
@@ -68,6 +78,7 @@ def test_ctrl_c_cancels_records_and_resumes(db_url: str, tmp_path: Path) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # Ctrl-C must reach it however the suite was started
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
