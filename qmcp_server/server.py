@@ -10,6 +10,7 @@ empty MCPServer. The transports live elsewhere: `server.run_stdio()` here, HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -88,9 +89,13 @@ def build_server(db_url: str | None = None) -> MCPServer:
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
+        check = asyncio.create_task(check_database(state.db_url))
         try:
             yield
         finally:
+            # Let the check say its line (a client may close at once); it cannot hold us long.
+            await asyncio.wait([check], timeout=CHECK_WAIT_SECONDS)
+            check.cancel()
             await state.runs.shutdown()
 
     mcp: MCPServer = QmcpServer(
@@ -105,6 +110,43 @@ def build_server(db_url: str | None = None) -> MCPServer:
     resources.register(mcp, state)
     prompts.register(mcp, state)
     return mcp
+
+
+CHECK_WAIT_SECONDS = 5.0
+log = logging.getLogger("qmcp.server")
+
+
+async def check_database(db_url: str | None) -> bool:
+    """Open the database once as the server starts and log one line on stderr saying where it is.
+
+    A database that cannot be opened does not stop the server: the line says why and what to do,
+    and every tool that needs the database answers the same error. An MCP client shows a server
+    that exits at start as a bare "disconnected" (its stderr in a log file few users open), while
+    a tool error reaches the user, and the model, in the conversation.
+    """
+    from qmcp.agentframework.errors import QmcpError
+
+    # The service layer's import is the slow part of a cold start: off the event loop, so that
+    # `initialize` and `tools/list` are answered meanwhile.
+    service = await asyncio.to_thread(_import_service)
+    try:
+        store = service.Store(db_url)
+        where = store.database.parsed.render_as_string(hide_password=True)
+        await store.init()
+    except QmcpError as exc:
+        log.error("qmcp-server: %s (every tool that needs the database answers this)", exc)
+        return False
+    except Exception as exc:  # a defect: say so in one line, the tools report it when called
+        log.error("qmcp-server: checking the database failed: %s: %s", type(exc).__name__, exc)
+        return False
+    log.info("qmcp-server: database %s", where)
+    return True
+
+
+def _import_service() -> Any:
+    from qmcp.agentframework import service
+
+    return service
 
 
 def log_level() -> LogLevel:

@@ -664,7 +664,15 @@ def serve(
 
 
 def main() -> None:
-    app()
+    from qmcp.agentframework.errors import QmcpError
+
+    try:
+        app()
+    except QmcpError as exc:  # one raised outside `_call`, such as a malformed database URL
+        try:
+            _fail(str(exc))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

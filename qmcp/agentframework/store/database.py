@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import os
 import queue
+import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 import platformdirs
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, SingletonThreadPool
@@ -62,6 +63,17 @@ WRITER_IDLE_SECONDS = 2.0
 WAL_CHECKPOINT_COMMITS = 200
 
 
+# What to install for a driver that is missing, by the module's name.
+DRIVER_EXTRAS = {
+    "asyncpg": "pip install 'qmcp-server[postgres]'",
+    "aiosqlite": "pip install --force-reinstall qmcp-server (aiosqlite is one of its dependencies)",
+}
+URL_EXAMPLES = (
+    "sqlite+aiosqlite:///PATH/qmcp.db or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE"
+)
+SET_URL = "set QMCP_DATABASE_URL (or --database-url) to"
+
+
 class DatabaseError(QmcpError):
     """The database failed (locked too long, unreadable, full, or of an unknown schema)."""
 
@@ -82,8 +94,7 @@ def parse_url(url: str) -> URL:
         return make_url(url)
     except Exception as exc:
         raise ValidationError(
-            f"invalid database URL {url!r}: {exc}; "
-            "use e.g. sqlite+aiosqlite:///./agent.db or postgresql+asyncpg://…"
+            f"invalid database URL {url!r}: {exc}; {SET_URL} a URL such as {URL_EXAMPLES}"
         ) from None
 
 
@@ -112,32 +123,95 @@ def _begin_immediate(connection: Connection) -> None:
     connection.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
-def describe(exc: BaseException, url: str) -> str:
-    """A database error as one clear sentence: where, what, and what to do."""
-    where = parse_url(url).render_as_string(hide_password=True)
+def _cause_and_fix(exc: BaseException, url: URL) -> tuple[str, str]:
+    """What went wrong, in the driver's or the system's words, and what to do about it."""
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip() or type(orig).__name__
-    hint = ""
+    text = " ".join(str(orig).split()) or type(orig).__name__
     lowered = text.lower()
+    if isinstance(orig, ImportError):
+        name = (orig.name or "").split(".")[0]
+        if name in DRIVER_EXTRAS:
+            return (
+                f"the database driver {name} is not installed",
+                f"install it: {DRIVER_EXTRAS[name]}",
+            )
+        if url.get_backend_name() == "postgresql":
+            return (
+                f"the database driver {name or text} is not installed",
+                "qmcp uses asyncpg: write the URL as postgresql+asyncpg://… and install it: "
+                + DRIVER_EXTRAS["asyncpg"],
+            )
+        return (
+            f"the database driver {name or text} is not installed",
+            f"install it: pip install {name}",
+        )
+    if "can't load plugin" in lowered:
+        return (
+            f"unknown kind of database {url.drivername!r}",
+            f"{SET_URL} a URL such as {URL_EXAMPLES}",
+        )
+    if "requires an async driver" in lowered or "is not async" in lowered:
+        return (
+            f"the driver of {url.drivername!r} is not an asyncio driver",
+            f"use sqlite+aiosqlite:// or postgresql+asyncpg:// ({DRIVER_EXTRAS['asyncpg']})",
+        )
+    if isinstance(orig, ArgumentError):
+        return text, f"{SET_URL} a URL such as {URL_EXAMPLES}"
     if "locked" in lowered or "busy" in lowered:
-        hint = (
-            f"; another process held the write lock for more than "
+        return text, (
+            f"another process held the write lock for more than "
             f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s, try again"
         )
-    elif "unable to open" in lowered or "readonly" in lowered or "read-only" in lowered:
-        hint = "; check that the file's directory exists and is writable"
-    elif "no such table" in lowered or "no such column" in lowered or "does not exist" in lowered:
-        hint = "; the schema is not what this qmcp expects, is the database from a newer version?"
-    return f"database error in {where}: {text}{hint}"
+    if url.get_backend_name() == "sqlite" and (
+        isinstance(orig, OSError)
+        or "unable to open" in lowered
+        or "readonly" in lowered
+        or "read-only" in lowered
+        or "disk i/o" in lowered
+    ):
+        database = Path(url.database or "qmcp.db").expanduser()
+        return text, (
+            f"the database's directory {str(database.parent)!r} must exist (or be possible to "
+            f"create) and be writable: fix that, or {SET_URL} "
+            f"sqlite+aiosqlite:///PATH/{database.name} in a writable directory"
+        )
+    if (
+        isinstance(orig, (ConnectionError, TimeoutError, socket.gaierror))
+        or "connect call failed" in lowered
+        or "could not connect" in lowered
+        or "name or service not known" in lowered
+    ):
+        return text, (
+            f"is the database server running and reachable at {url.host or 'localhost'}"
+            f"{':' + str(url.port) if url.port else ''}? check the host and port in the URL"
+        )
+    if "password authentication" in lowered or ("role" in lowered and "does not exist" in lowered):
+        return text, "check the user name and password in the URL"
+    if "no such table" in lowered or "no such column" in lowered or "does not exist" in lowered:
+        return (
+            text,
+            "the schema is not what this qmcp expects, is the database from a newer version?",
+        )
+    return text, ""
+
+
+def describe(exc: BaseException, url: str) -> str:
+    """A database error as one line: where, what went wrong, and what to do."""
+    parsed = parse_url(url)
+    where = parsed.render_as_string(hide_password=True)
+    cause, fix = _cause_and_fix(exc, parsed)
+    return f"database error in {where}: {cause}" + (f"; {fix}" if fix else "")
 
 
 def translate(exc: BaseException, url: str, conflict: str | None = None) -> BaseException:
-    """What a caller of the store sees for an exception raised by the database layer."""
+    """What a caller of the store sees for an exception raised by the database layer: a
+    `DatabaseError` saying what failed and what to do, also for a driver that is not installed
+    or a URL that names no database SQLAlchemy knows."""
     if isinstance(exc, QmcpError):
         return exc
     if conflict is not None and isinstance(exc, IntegrityError):
         return ConflictError(conflict)
-    if isinstance(exc, (SQLAlchemyError, sqlite3.Error, OSError)):
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error, OSError, ImportError)):
         return DatabaseError(describe(exc, url))
     return exc
 
@@ -466,8 +540,11 @@ class Database:
                     return fn(session)
             async with AsyncSession(self.engine, expire_on_commit=False) as async_session:
                 return await async_session.run_sync(fn)
-        except SQLAlchemyError as exc:
-            raise translate(exc, self.url) from exc
+        except Exception as exc:
+            translated = translate(exc, self.url)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def _sqlite_reader(self) -> Engine:
         if self._reader is None:
@@ -488,8 +565,11 @@ class Database:
         try:
             async with AsyncSession(self.engine, expire_on_commit=False) as session:
                 yield session
-        except SQLAlchemyError as exc:
-            raise translate(exc, self.url) from exc
+        except Exception as exc:
+            translated = translate(exc, self.url)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def stop_writer(self, timeout: float | None = None) -> None:
         writer, self._writer = self._writer, None
