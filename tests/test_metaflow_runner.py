@@ -859,7 +859,8 @@ async def test_generated_flow_runs_from_the_command_line_as_the_spec_says(
             [qmcp, *args], capture_output=True, text=True, env=bare, cwd=tmp_path, timeout=300
         )
 
-    generated = await asyncio.to_thread(cli, "agents", "topologies", "flow", "my_debate")
+    flow_args = ("agents", "topologies", "flow", "my_debate", "--output-dir", "generated_flows")
+    generated = await asyncio.to_thread(cli, *flow_args)
     assert generated.returncode == 0, generated.stderr
     flow = tmp_path / "generated_flows" / "my_debate_flow.py"
     # The spec's two ways side by side: the flow file run directly, and the CLI's metaflow runner.

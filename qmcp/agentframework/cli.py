@@ -347,6 +347,13 @@ def topologies_run(
     ] = None,
     timeout: Annotated[int | None, typer.Option(help="seconds before the run stops")] = None,
     max_retries: Annotated[int | None, typer.Option(help="retries per failed invocation")] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir",
+            help="metaflow runner: where the flow file goes (default: the user cache directory)",
+        ),
+    ] = None,
     fmt: FormatOption = "table",
 ) -> None:
     """Run a topology and record the execution."""
@@ -372,6 +379,10 @@ def topologies_run(
     except PydanticValidationError as exc:
         named = {flags.get(str(e["loc"][0]), str(e["loc"][0])) for e in exc.errors() if e["loc"]}
         _fail(f"invalid run option {', '.join(sorted(named))}: {describe_validation_error(exc)}")
+    if output_dir is not None:
+        if runner != "metaflow":
+            _fail("--output-dir applies to the metaflow runner only (it holds the flow file)")
+        os.environ["QMCP_FLOW_DIR"] = output_dir  # MetaflowRunner's default; one run per process
     result = _run_with_progress(
         lambda on_event: service.run_topology(
             name,
@@ -453,17 +464,38 @@ def topologies_flow(
     name: Annotated[str, typer.Argument(help="the topology")],
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", help="file (default generated_flows/NAME_flow.py)"),
+        typer.Option("--output", "-o", help="file (default OUTPUT_DIR/NAME_flow.py)"),
+    ] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir", help="directory (default $QMCP_FLOW_DIR, else the user cache's flows)"
+        ),
     ] = None,
     environment: Annotated[str, typer.Option(help="local, kubernetes or batch")] = "local",
 ) -> None:
     """Generate the topology's Metaflow flow without running it."""
     from qmcp.agentframework import service
 
-    path, _ = _call(lambda: service.generate_flow(name, environment=environment, output=output))
+    directory = output_dir or _default_flow_dir()
+    path, _ = _call(
+        lambda: service.generate_flow(
+            name, environment=environment, output=output, output_dir=directory
+        )
+    )
     _console().print(
         _text(f'wrote {path}; run it with: python {path} run --input-json \'{{"prompt": "…"}}\'')
     )
+
+
+def _default_flow_dir() -> str:
+    """MetaflowRunner's default flow directory (the CLI reaches runners only via the service)."""
+    import platformdirs
+
+    configured = os.environ.get("QMCP_FLOW_DIR")
+    if configured:
+        return configured
+    return os.path.join(platformdirs.user_cache_dir("qmcp", appauthor=False), "flows")
 
 
 # -- executions -----------------------------------------------------------------------------

@@ -50,6 +50,18 @@ POLL_SECONDS = 0.25
 RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 HELPERS = "from qmcp.agentframework.runners import metaflow_helpers as h"
 FALLBACK_USER = "qmcp"
+FLOW_DIR_VARIABLE = "QMCP_FLOW_DIR"
+
+
+def default_flow_dir() -> Path:
+    """Where flow files go when no `output_dir` is given: `$QMCP_FLOW_DIR`, else `flows` in the
+    per-user cache directory (platformdirs), never the working directory."""
+    import platformdirs
+
+    configured = os.environ.get(FLOW_DIR_VARIABLE)
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_cache_dir("qmcp", appauthor=False)) / "flows"
 
 
 def _needs_user() -> bool:
@@ -279,7 +291,7 @@ class MetaflowRunner(BaseRunner):
 
     def __init__(
         self,
-        output_dir: str | os.PathLike[str] = "./generated_flows",
+        output_dir: str | os.PathLike[str] | None = None,
         environment: Environment = "local",
         config: RunConfig | None = None,
         db_url: str | None = None,
@@ -290,7 +302,7 @@ class MetaflowRunner(BaseRunner):
                 f"unknown Metaflow environment {environment!r}; use local, kubernetes or batch"
             )
         super().__init__(config=config, db_url=db_url)
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir) if output_dir is not None else default_flow_dir()
         self.environment = environment
         self.resources = check_resources(resources or {"cpu": 1, "memory": 4096})
 
@@ -340,13 +352,14 @@ class MetaflowRunner(BaseRunner):
         self, prepared: PreparedRun, fallback_user: bool, on_event: EventHandler | None
     ) -> RunResult:
         execution = prepared.execution
-        info = await self._flow_file(execution)
+        written = await self._flow_file(execution)
+        info = dict(written)
         started_at, t0 = utcnow(), time.perf_counter()
-        from metaflow import Runner
-
-        env = self._env(fallback_user)
-        flow = Runner(info["flow_file"], show_output=False, pylint=False, env=env)
         try:
+            from metaflow import Runner
+
+            env = self._env(fallback_user)
+            flow = Runner(info["flow_file"], show_output=False, pylint=False, env=env)
             if info.get("run_id"):
                 running = await flow.async_resume(origin_run_id=info["run_id"])
             else:
@@ -354,6 +367,7 @@ class MetaflowRunner(BaseRunner):
                     input_json=prepared.input, execution_id=str(execution.id)
                 )
         except Exception as exc:
+            self._discard(written)
             error = f"Metaflow could not start the flow: {type(exc).__name__}: {exc}"
             return await self._end(prepared, ExecutionStatus.FAILED, error, started_at, t0)
         progress = asyncio.create_task(self._report(execution.id, on_event, prepared))
@@ -366,8 +380,13 @@ class MetaflowRunner(BaseRunner):
             raise
         finally:
             progress.cancel()
-        await self._remember(execution.id, {"run_id": _run_id(running)})
+        run_id = _run_id(running)
+        await self._remember(execution.id, {"run_id": run_id})
         record = await self.store.get_execution(execution.id)
+        if record.status != ExecutionStatus.COMPLETED and run_id is None:
+            # No Metaflow run used the file (the flow failed Metaflow's checks, or the process
+            # died before its start step): nothing to resume from it, so it goes.
+            self._discard(written)
         if record.status == ExecutionStatus.COMPLETED or (
             record.status == ExecutionStatus.FAILED and record.error
         ):
@@ -381,14 +400,17 @@ class MetaflowRunner(BaseRunner):
             error = _last_error(running.stderr) or f"the Metaflow run ended as {running.status}"
         return await self._end(prepared, ExecutionStatus.FAILED, error, started_at, t0)
 
-    async def _flow_file(self, execution: Any) -> dict[str, Any]:
-        """The execution's flow file and Metaflow run, writing the file when it needs one."""
+    async def _flow_file(self, execution: Any) -> _FlowFile:
+        """The execution's flow file and Metaflow run, writing the file when it needs one.
+
+        The file's absolute path is kept in the execution's snapshot, so a resume finds it
+        wherever it was written (an `output_dir`, `--output-dir` or the cache directory)."""
         info = dict(execution.snapshot.get("metaflow") or {})
         topology, agents = restore(execution.snapshot)
         source = self._topology_to_flow(topology, agents)
         known = Path(info["flow_file"]) if info.get("flow_file") else None
         if known is not None and known.is_file() and known.read_text("utf-8") == source:
-            return info
+            return _FlowFile(info)
         # A new file per generation: Metaflow caches flows by path.
         stem = f"{flow_file_stem(topology.name)}_flow_{execution.id.hex[:12]}"
         if known is not None:
@@ -398,7 +420,14 @@ class MetaflowRunner(BaseRunner):
         target.write_text(source, encoding="utf-8")
         info = {"flow_file": str(target.resolve())}  # a new flow: no Metaflow run to resume
         await self._remember(execution.id, info, replace=True)
-        return info
+        return _FlowFile(info, written=True)
+
+    @staticmethod
+    def _discard(flow_file: _FlowFile) -> None:
+        """Remove a flow file this run wrote when no Metaflow run came of it (a resume writes a
+        new one); a file an earlier run used stays for its resume."""
+        if flow_file.written:
+            Path(flow_file["flow_file"]).unlink(missing_ok=True)
 
     async def _remember(
         self, ident: uuid.UUID, info: dict[str, Any], *, replace: bool = False
@@ -475,6 +504,14 @@ class MetaflowRunner(BaseRunner):
                 result = on_event(event)
                 if asyncio.iscoroutine(result):
                     await result
+
+
+class _FlowFile(dict[str, Any]):
+    """The `metaflow` part of an execution's snapshot, and whether this run wrote the file."""
+
+    def __init__(self, info: Mapping[str, Any], *, written: bool = False) -> None:
+        super().__init__(info)
+        self.written = written
 
 
 def _run_id(running: Any) -> str | None:
