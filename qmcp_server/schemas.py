@@ -33,6 +33,12 @@ class AgentInfo(BaseModel):
     config: dict[str, Any]
     version: int
     created_at: str | None
+    updated_at: str | None = None
+
+
+class Deleted(BaseModel):
+    name: str
+    message: str
 
 
 class AgentList(BaseModel):
@@ -57,6 +63,8 @@ class TopologyInfo(BaseModel):
     description: str
     config: dict[str, Any]
     slots: dict[str, str | None]
+    version: int | None = None
+    updated_at: str | None = None
     mermaid: str | None = None
 
 

@@ -233,6 +233,70 @@ def agents_show(name: str, fmt: FormatOption = "json") -> None:
     _print_json(service.agent_to_dict(_call(lambda: service.get_agent(name))))
 
 
+@agents_app.command("update")
+def agents_update(
+    name: Annotated[str, typer.Argument(help="the agent to change")],
+    description: Annotated[str | None, typer.Option(help="what the agent is for")] = None,
+    role: Annotated[str | None, typer.Option(help="a role, as in `agents create`")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="claude-… id, a Models name, 'offline' or 'function:<name>'"),
+    ] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option(help="replaces the role's default prompt")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="0.0 to 1.0")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
+    capabilities_json: Annotated[
+        str | None,
+        typer.Option(help='replaces the mixins: [{"name": "memory", "config": {...}}]'),
+    ] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Change an agent type (options not given stay as they are); its version goes up by one."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
+
+    _check_format(fmt)
+    capabilities: list[dict[str, Any]] | None = None
+    if capabilities_json is not None:
+        try:
+            parsed = service.parse_json(capabilities_json, "--capabilities-json")
+        except QmcpError as exc:
+            _fail(str(exc))
+        if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
+            _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
+        capabilities = parsed
+    agent = _call(
+        lambda: service.update_agent(
+            name,
+            description=description,
+            role=role,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            capabilities=capabilities,
+        )
+    )
+    data = service.agent_to_dict(agent)
+    if fmt == "json":
+        _print_json(data)
+    else:
+        _console().print(
+            _text("updated agent ", (agent.name, "bold"), f" (version {agent.version})")
+        )
+
+
+@agents_app.command("delete")
+def agents_delete(name: Annotated[str, typer.Argument(help="the agent to delete")]) -> None:
+    """Delete an agent type that no topology uses; executions keep their records."""
+    from qmcp.agentframework import service
+
+    _call(lambda: service.delete_agent(name))
+    _console().print(_text("deleted agent ", (name, "bold")))
+
+
 @agents_app.command("mixins")
 def agents_mixins(fmt: FormatOption = "table") -> None:
     """List the capability mixins agents can use."""
@@ -324,6 +388,65 @@ def topologies_create(
                 f" ({data['topology_type']}; slots: {', '.join(slots)})",
             )
         )
+
+
+@topologies_app.command("update")
+def topologies_update(
+    name: Annotated[str, typer.Argument(help="the topology to change")],
+    description: Annotated[str | None, typer.Option(help="what the topology is for")] = None,
+    config_json: Annotated[
+        str | None, typer.Option("--config-json", help="the kind's whole new config")
+    ] = None,
+    slot: Annotated[
+        list[str] | None,
+        typer.Option("--slot", "-s", help="SLOT=AGENT, repeat; replaces all slots, in order"),
+    ] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Change a topology (options not given stay); checked as at creation; its version goes up."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
+
+    _check_format(fmt)
+    config: dict[str, Any] | None = None
+    slots: dict[str, str] | None = None
+    try:
+        if config_json is not None:
+            config = service.parse_json_object(config_json, "--config-json")
+        if slot:
+            slots = {}
+            for item in slot:
+                slot_name, sep, agent_name = item.partition("=")
+                if not sep or not slot_name or not agent_name:
+                    _fail(f"--slot {item!r} must look like SLOT=AGENT, e.g. ensemble_0=researcher")
+                if slot_name in slots:
+                    _fail(f"slot {slot_name!r} is given twice")
+                slots[slot_name] = agent_name
+    except QmcpError as exc:
+        _fail(str(exc))
+    topology, new_slots = _call(
+        lambda: service.update_topology(name, description=description, config=config, slots=slots)
+    )
+    data = service.topology_to_dict(topology, new_slots)
+    if fmt == "json":
+        _print_json(data)
+    else:
+        _console().print(
+            _text(
+                "updated topology ",
+                (topology.name, "bold"),
+                f" (version {topology.version}; slots: {', '.join(new_slots)})",
+            )
+        )
+
+
+@topologies_app.command("delete")
+def topologies_delete(name: Annotated[str, typer.Argument(help="the topology to delete")]) -> None:
+    """Delete a topology no other topology nests; its executions keep their records."""
+    from qmcp.agentframework import service
+
+    _call(lambda: service.delete_topology(name))
+    _console().print(_text("deleted topology ", (name, "bold")))
 
 
 @topologies_app.command("show")

@@ -182,6 +182,64 @@ async def create_agent(
     return await Store(db_url).add_agent(agent)
 
 
+async def update_agent(
+    name: str,
+    *,
+    description: str | None = None,
+    role: str | AgentRole | None = None,
+    model: str | ModelConfig | None = None,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    capabilities: list[dict[str, Any]] | None = None,
+    db_url: str | None = None,
+) -> AgentType:
+    """Change the given fields of an agent (None: keep), checked as `create_agent` checks them;
+    its version goes up by one. Executions keep the agent as it was when they ran."""
+    check_text("agent name", name)
+    check_text("role", role)
+    check_text("model", model)
+    check_text("system prompt", system_prompt)
+    check_text("capabilities", capabilities)
+    check_text("temperature", temperature)
+    given = (description, role, model, system_prompt, temperature, max_tokens, capabilities)
+    if all(value is None for value in given):
+        raise ValidationError(
+            f"nothing to change in agent {name!r}: give a description, role, model, system "
+            "prompt, temperature, max tokens or capabilities"
+        )
+    store = Store(db_url)
+    current = await store.get_agent(name)
+    fields = dict(current.config or {})
+    if model is not None:
+        fields["model_config_obj"] = Models.parse(model) if isinstance(model, str) else model
+    if system_prompt is not None:
+        fields["system_prompt"] = system_prompt
+    if temperature is not None:
+        fields["temperature"] = temperature
+    if max_tokens is not None:
+        fields["max_tokens"] = max_tokens
+    try:
+        if capabilities is not None:
+            fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
+        config = AgentConfig(**fields)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
+    MixinRegistry.resolve(config.capabilities)
+    check_text("agent config", config.model_dump())
+    values: dict[str, Any] = {"config": config.model_dump(mode="json")}
+    if role is not None:
+        values["role"] = AgentRole.parse(role)
+    if description is not None:
+        values["description"] = check_description(description)
+    return await store.update_agent(name, values)
+
+
+async def delete_agent(name: str, db_url: str | None = None) -> None:
+    """Delete an agent that no topology holds (else a ConflictError names the topologies)."""
+    await Store(db_url).delete_agent(check_text("agent name", name))
+
+
 async def list_agents(role: str | None = None, db_url: str | None = None) -> list[AgentType]:
     return await Store(db_url).list_agents(
         AgentRole.parse(check_text("role", role)).value if role else None
@@ -234,6 +292,20 @@ async def create_topology(
     kind = TopologyRegistry.get(topology_type)
     parsed = kind.validate(dict(config or {}), list(slots))
     store = Store(db_url)
+    members = await _resolve_slots(store, name, slots)
+    topology = Topology(
+        name=name,
+        description=description,
+        topology_type=kind.type,
+        config=parsed.model_dump(mode="json"),
+    )
+    return await store.add_topology(topology, members)
+
+
+async def _resolve_slots(
+    store: Store, name: str, slots: Mapping[str, str]
+) -> dict[str, AgentType | Topology]:
+    """Each slot's member: an agent, or a stored topology for `topology:<name>`."""
     members: dict[str, AgentType | Topology] = {}
     for slot, member_name in slots.items():
         if member_name.startswith(TOPOLOGY_PREFIX):
@@ -245,13 +317,47 @@ async def create_topology(
             members[slot] = await store.get_topology_row(sub_name)
         else:
             members[slot] = await store.get_agent(member_name)
-    topology = Topology(
-        name=name,
-        description=description,
-        topology_type=kind.type,
-        config=parsed.model_dump(mode="json"),
-    )
-    return await store.add_topology(topology, members)
+    return members
+
+
+async def update_topology(
+    name: str,
+    *,
+    description: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    slots: Mapping[str, str] | None = None,
+    db_url: str | None = None,
+) -> tuple[Topology, dict[str, str]]:
+    """Change a topology's description, config or slots (None: keep; `slots` replaces them
+    all, in order), checked as `create_topology` checks them, nesting and cycles included;
+    its version goes up by one. The topology and its slots (slot -> member name)."""
+    check_text("topology name", name)
+    for slot, member_name in (slots or {}).items():
+        check_slot(slot)
+        check_text(f"slot {slot!r}", member_name)
+    check_text("config", config)
+    if description is None and config is None and slots is None:
+        raise ValidationError(
+            f"nothing to change in topology {name!r}: give a description, config or slots"
+        )
+    store = Store(db_url)
+    current, current_members = await store.get_topology(name)
+    current_slots = {slot: _member_label(member) for slot, member in current_members.items()}
+    new_slots = dict(current_slots if slots is None else slots)
+    kind = TopologyRegistry.get(current.topology_type)
+    parsed = kind.validate(dict(current.config if config is None else config), list(new_slots))
+    values: dict[str, Any] = {"config": parsed.model_dump(mode="json")}
+    if description is not None:
+        values["description"] = check_description(description)
+    members = None if slots is None else await _resolve_slots(store, name, new_slots)
+    topology = await store.update_topology(name, values, members)
+    return topology, new_slots
+
+
+async def delete_topology(name: str, db_url: str | None = None) -> None:
+    """Delete a topology that no other topology holds (else a ConflictError names them);
+    its executions and their snapshots stay."""
+    await Store(db_url).delete_topology(check_text("topology name", name))
 
 
 async def list_topologies(db_url: str | None = None) -> list[tuple[Topology, dict[str, str]]]:
@@ -283,6 +389,7 @@ def topology_to_dict(
         "slots": slot_map,
         "version": topology.version,
         "created_at": _iso(topology.created_at),
+        "updated_at": _iso(topology.updated_at),
     }
     if diagram:
         data["mermaid"] = mermaid(data["topology_type"], topology.config, slot_map)

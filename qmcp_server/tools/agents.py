@@ -1,15 +1,20 @@
-"""Agent types: agents_list, agents_create, agents_show."""
+"""Agent types: agents_list, agents_create, agents_show, agents_update, agents_delete."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from qmcp_server.schemas import AgentInfo, AgentList, Capability, Role
+from qmcp_server.schemas import AgentInfo, AgentList, Capability, Deleted, Role
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CREATE, READ_ONLY, tool
+
+# Update: repeating it changes nothing more; delete: gone for good (executions keep their records).
+UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
+DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:
@@ -68,3 +73,46 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         from qmcp.agentframework import service
 
         return AgentInfo(**service.agent_to_dict(await service.get_agent(name, db_url)))
+
+    @tool(mcp, UPDATE)
+    async def agents_update(
+        name: Annotated[str, Field(description="the agent to change", max_length=100)],
+        description: Annotated[str | None, Field(max_length=10_000)] = None,
+        role: Role | None = None,
+        model: Annotated[
+            str | None,
+            Field(description="as in agents_create; omitted: unchanged", max_length=200),
+        ] = None,
+        system_prompt: Annotated[str | None, Field(max_length=100_000)] = None,
+        temperature: Annotated[float | None, Field(ge=0, le=1)] = None,
+        max_tokens: Annotated[int | None, Field(ge=1, le=128_000)] = None,
+        capabilities: Annotated[
+            list[Capability] | None,
+            Field(description="replaces the agent's mixins, see mixins_list", max_length=20),
+        ] = None,
+    ) -> AgentInfo:
+        """Change an agent type's fields (omitted ones stay) and bump its version. Executions
+        keep the version they ran with; runs from now on use the new one."""
+        from qmcp.agentframework import service
+
+        agent = await service.update_agent(
+            name,
+            description=description,
+            role=role,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            capabilities=None if capabilities is None else [c.model_dump() for c in capabilities],
+            db_url=db_url,
+        )
+        return AgentInfo(**service.agent_to_dict(agent))
+
+    @tool(mcp, DELETE)
+    async def agents_delete(name: Annotated[str, Field(max_length=100)]) -> Deleted:
+        """Delete an agent type. Refused while a topology's slot holds it (the message names
+        the topologies); executions keep their records."""
+        from qmcp.agentframework import service
+
+        await service.delete_agent(name, db_url)
+        return Deleted(name=name, message=f"deleted agent {name!r}")

@@ -1,18 +1,24 @@
-"""Topologies: topologies_list, topologies_create, topologies_show, topologies_run."""
+"""Topologies: topologies_list, topologies_create, topologies_show, topologies_update,
+topologies_delete, topologies_run."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from qmcp_server.runs import launch
-from qmcp_server.schemas import RunOutcome, TopologyInfo, TopologyList
+from qmcp_server.schemas import Deleted, RunOutcome, TopologyInfo, TopologyList
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CREATE, READ_ONLY, RUN, tool
 
 RunnerName = Annotated[str, Field(description="local, async or metaflow (see runners_list)")]
+
+# Update: repeating it changes nothing more; delete: gone for good (executions keep their records).
+UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
+DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:
@@ -71,6 +77,41 @@ def register(mcp: MCPServer, state: ServerState) -> None:
 
         topology, agents = await service.get_topology(name, db_url)
         return TopologyInfo(**service.topology_to_dict(topology, agents, diagram=True))
+
+    @tool(mcp, UPDATE)
+    async def topologies_update(
+        name: Annotated[str, Field(description="the topology to change", max_length=100)],
+        description: Annotated[str | None, Field(max_length=10_000)] = None,
+        config: Annotated[
+            dict[str, Any] | None,
+            Field(description="the kind's whole new config; omitted: unchanged"),
+        ] = None,
+        slots: Annotated[
+            dict[str, str] | None,
+            Field(
+                description="replaces all slots, in order: slot name -> agent name (or "
+                "'topology:<name>'), as in topologies_create; omitted: unchanged",
+                max_length=100,
+            ),
+        ] = None,
+    ) -> TopologyInfo:
+        """Change a topology's description, config or slots and bump its version; checked as at
+        creation (slots, nesting, cycles). Executions keep the version they ran with."""
+        from qmcp.agentframework import service
+
+        topology, new_slots = await service.update_topology(
+            name, description=description, config=config, slots=slots, db_url=db_url
+        )
+        return TopologyInfo(**service.topology_to_dict(topology, new_slots, diagram=True))
+
+    @tool(mcp, DELETE)
+    async def topologies_delete(name: Annotated[str, Field(max_length=100)]) -> Deleted:
+        """Delete a topology. Refused while another topology nests it (the message names
+        them); its executions and their records stay."""
+        from qmcp.agentframework import service
+
+        await service.delete_topology(name, db_url)
+        return Deleted(name=name, message=f"deleted topology {name!r}")
 
     @tool(mcp, RUN)
     async def topologies_run(

@@ -85,7 +85,8 @@ def check_input(input_data: Any) -> dict[str, Any]:
 
 
 def snapshot_of(topology: Topology, agents: Mapping[str, Any], config: Any) -> dict[str, Any]:
-    """Everything a resume needs, as JSON: the topology, its config and every slot's member."""
+    """Everything a resume needs, as JSON: the topology, its config and every slot's member,
+    with the versions they had (an update bumps them; the record says which ones ran)."""
 
     def member(value: Any) -> dict[str, Any]:
         if isinstance(value, SubTopology):
@@ -98,6 +99,7 @@ def snapshot_of(topology: Topology, agents: Mapping[str, Any], config: Any) -> d
             "description": value.description,
             "role": str(value.role),
             "config": value.config,
+            "version": value.version,
         }
 
     return {
@@ -107,6 +109,7 @@ def snapshot_of(topology: Topology, agents: Mapping[str, Any], config: Any) -> d
             "description": topology.description,
             "topology_type": str(topology.topology_type),
             "config": config.model_dump(mode="json"),
+            "version": topology.version,
         },
         "slot_order": list(agents),
         "agents": {slot: member(value) for slot, value in agents.items()},

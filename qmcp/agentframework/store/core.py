@@ -274,6 +274,129 @@ class Store:
         )
         return stored
 
+    async def update_agent(self, name: str, values: Mapping[str, Any]) -> AgentType:
+        """Set an agent's columns `values`, bump its version and `updated_at`; the row as stored."""
+
+        def change(connection: Connection) -> AgentType | None:
+            ident = connection.execute(
+                select(AGENTS.c.id).where(AGENTS.c.name == name)
+            ).scalar_one_or_none()
+            if ident is None:
+                raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+            connection.execute(
+                update(AGENTS)
+                .where(AGENTS.c.id == ident)
+                .values(**values, version=AGENTS.c.version + 1, updated_at=utcnow())
+            )
+            return _fetch(connection, AgentType, ident)
+
+        stored: AgentType = await self._write(change)
+        return stored
+
+    async def delete_agent(self, name: str) -> None:
+        """Delete an agent no topology holds; refused naming the topologies that hold it."""
+
+        def remove(connection: Connection) -> None:
+            ident = connection.execute(
+                select(AGENTS.c.id).where(AGENTS.c.name == name)
+            ).scalar_one_or_none()
+            if ident is None:
+                raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+            holders = _holders(connection, MEMBERSHIPS.c.agent_type_id == ident)
+            if holders:
+                raise ConflictError(
+                    f"agent {name!r} is still used by topology {holders}; delete those "
+                    "topologies or give their slots another agent "
+                    "(`qmcp agents topologies update NAME --slot SLOT=AGENT`) first"
+                )
+            connection.execute(delete(AGENTS).where(AGENTS.c.id == ident))
+
+        await self._write(remove)
+
+    async def update_topology(
+        self,
+        name: str,
+        values: Mapping[str, Any],
+        slots: Mapping[str, AgentType | Topology] | None = None,
+    ) -> Topology:
+        """Set a topology's columns `values` and, given `slots`, replace its slots; bump its
+        version and `updated_at`. Nesting and cycles are checked as at creation, for it and
+        for every topology that holds it, in the transaction that writes."""
+        members = (
+            None
+            if slots is None
+            else [
+                (slot, position, isinstance(member, Topology), member.id)
+                for position, (slot, member) in enumerate(slots.items())
+            ]
+        )
+
+        def change(connection: Connection) -> Topology | None:
+            ident = connection.execute(
+                select(TOPOLOGIES.c.id).where(TOPOLOGIES.c.name == name)
+            ).scalar_one_or_none()
+            if ident is None:
+                raise NotFoundError(
+                    f"no topology named {name!r}; see `qmcp agents topologies list`"
+                )
+            connection.execute(
+                update(TOPOLOGIES)
+                .where(TOPOLOGIES.c.id == ident)
+                .values(**values, version=TOPOLOGIES.c.version + 1, updated_at=utcnow())
+            )
+            if members is not None:
+                connection.execute(delete(MEMBERSHIPS).where(MEMBERSHIPS.c.topology_id == ident))
+                if members:
+                    connection.execute(
+                        insert(MEMBERSHIPS),
+                        [
+                            {
+                                "topology_id": ident,
+                                "slot_name": slot,
+                                "position": position,
+                                "agent_type_id": None if nested else member_id,
+                                "sub_topology_id": member_id if nested else None,
+                            }
+                            for slot, position, nested, member_id in members
+                        ],
+                    )
+                try:
+                    _recheck_nesting(connection, ident)
+                except ValidationError as exc:
+                    raise ValidationError(
+                        f"cannot give topology {name!r} these slots: {exc}"
+                    ) from None
+            return _fetch(connection, Topology, ident)
+
+        stored: Topology = await self._write(change)
+        return stored
+
+    async def delete_topology(self, name: str) -> None:
+        """Delete a topology no other topology holds; refused naming the ones that hold it.
+        Its executions stay, with their snapshots (their `topology_id` becomes NULL)."""
+
+        def remove(connection: Connection) -> None:
+            ident = connection.execute(
+                select(TOPOLOGIES.c.id).where(TOPOLOGIES.c.name == name)
+            ).scalar_one_or_none()
+            if ident is None:
+                raise NotFoundError(
+                    f"no topology named {name!r}; see `qmcp agents topologies list`"
+                )
+            holders = _holders(connection, MEMBERSHIPS.c.sub_topology_id == ident)
+            if holders:
+                raise ConflictError(
+                    f"topology {name!r} is still nested in topology {holders}; delete those "
+                    "or give their slots another member first"
+                )
+            connection.execute(
+                update(EXECUTIONS).where(EXECUTIONS.c.topology_id == ident).values(topology_id=None)
+            )
+            connection.execute(delete(MEMBERSHIPS).where(MEMBERSHIPS.c.topology_id == ident))
+            connection.execute(delete(TOPOLOGIES).where(TOPOLOGIES.c.id == ident))
+
+        await self._write(remove)
+
     async def get_topology(self, name: str) -> tuple[Topology, dict[str, Any]]:
         """A stored topology and its slots (slot -> agent or SubTopology), in slot order."""
 
@@ -779,6 +902,45 @@ def _compact(file: Path, *, vacuum: bool) -> None:
         raise DatabaseError(describe(exc, f"sqlite:///{file}")) from exc
     finally:
         connection.close()
+
+
+def _holders(connection: Connection, where: Any) -> str:
+    """The names of the topologies with a slot matching `where`, quoted, comma-separated."""
+    rows = connection.execute(
+        select(TOPOLOGIES.c.name)
+        .join(MEMBERSHIPS, MEMBERSHIPS.c.topology_id == TOPOLOGIES.c.id)
+        .where(where)
+        .distinct()
+        .order_by(TOPOLOGIES.c.name)
+    )
+    return ", ".join(repr(name) for (name,) in rows)
+
+
+def _recheck_nesting(connection: Connection, ident: int) -> None:
+    """After topology `ident`'s slots changed: check it and every topology holding it, directly
+    or through others, as `_check_nesting` checks a new one."""
+    seen: set[int] = set()
+    frontier = {ident}
+    while frontier:  # `ident` and its holders, a level per query
+        seen |= frontier
+        rows = connection.execute(
+            select(MEMBERSHIPS.c.topology_id).where(MEMBERSHIPS.c.sub_topology_id.in_(frontier))
+        )
+        frontier = {parent for (parent,) in rows} - seen
+    for top in sorted(seen):
+        subs = [
+            child
+            for (child,) in connection.execute(
+                select(MEMBERSHIPS.c.sub_topology_id)
+                .where(MEMBERSHIPS.c.topology_id == top)
+                .where(MEMBERSHIPS.c.sub_topology_id.is_not(None))
+            )
+        ]
+        if subs:
+            top_name = connection.execute(
+                select(TOPOLOGIES.c.name).where(TOPOLOGIES.c.id == top)
+            ).scalar_one()
+            _check_nesting(connection, top_name, subs)
 
 
 def _check_nesting(connection: Connection, name: str, sub_ids: Sequence[int]) -> None:
