@@ -32,6 +32,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     # is tested with all of them unset (test_metaflow_runner.py).
     monkeypatch.setenv("USERNAME", os.environ.get("USERNAME", "qmcp-tests"))
     monkeypatch.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(tmp_path / "metaflow"))
+    # Flow files (the default is the user cache directory) stay inside the test's tmp dir.
+    monkeypatch.setenv("QMCP_FLOW_DIR", str(tmp_path / "flows"))
     ProviderRegistry.reset()
     yield
     ProviderRegistry.reset()

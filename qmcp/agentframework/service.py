@@ -525,10 +525,14 @@ async def generate_flow(
     *,
     environment: str = "local",
     output: str | None = None,
-    output_dir: str = "./generated_flows",
+    output_dir: str | None = None,
     db_url: str | None = None,
 ) -> tuple[str, str]:
-    """Write the Metaflow flow for a stored topology; returns (path, source)."""
+    """Write the Metaflow flow for a stored topology; returns (path, source).
+
+    Without `output_dir` the flow goes where the runner keeps flows (`QMCP_FLOW_DIR`, else the
+    user cache directory), never into the working directory.
+    """
     from qmcp.agentframework.runners import MetaflowRunner
 
     runner = MetaflowRunner(output_dir=output_dir, environment=environment, db_url=db_url)  # type: ignore[arg-type]

@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from qmcp_server.schemas import AgentInfo, AgentList, Capability, Deleted, Role
 from qmcp_server.state import ServerState
-from qmcp_server.tools.common import CREATE, READ_ONLY, tool
-
-# Update: repeating it changes nothing more; delete: gone for good (executions keep their records).
-UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
-DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
+from qmcp_server.tools.common import CREATE, DELETE, READ_ONLY, UPDATE, tool
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:

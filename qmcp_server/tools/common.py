@@ -15,6 +15,9 @@ CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempoten
 RUN = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
 )
+# Update: the same values again change nothing more; delete: gone (executions keep their records).
+UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
+DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
 CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

@@ -6,19 +6,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from qmcp_server.runs import launch
 from qmcp_server.schemas import Deleted, RunOutcome, TopologyInfo, TopologyList
 from qmcp_server.state import ServerState
-from qmcp_server.tools.common import CREATE, READ_ONLY, RUN, tool
+from qmcp_server.tools.common import CREATE, DELETE, READ_ONLY, RUN, UPDATE, tool
 
 RunnerName = Annotated[str, Field(description="local, async or metaflow (see runners_list)")]
 
 # Update: repeating it changes nothing more; delete: gone for good (executions keep their records).
-UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
-DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:
