@@ -117,6 +117,7 @@ def assert_one_error_line(done: subprocess.CompletedProcess[str], says: list[str
 # -- the CLI -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize(
     "case",
     [
@@ -134,12 +135,14 @@ def test_cli_says_cause_and_fix_in_one_line(case: str, command: list[str], tmp_p
     assert_one_error_line(run_cli(tmp_path, url, *command), says)
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_info_refuses_a_malformed_url_in_one_line(tmp_path: Path) -> None:
     """`qmcp info` opens no database, but a URL it cannot even read is the same one line."""
     url, says = bad_urls(tmp_path)["malformed"]
     assert_one_error_line(run_cli(tmp_path, url, "info"), says)
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_cli_names_the_extra_when_asyncpg_is_not_installed(tmp_path: Path) -> None:
     done = run_cli(tmp_path, NO_ASYNCPG_URL, "agents", "list", block=True)
     assert_one_error_line(done, NO_ASYNCPG_SAYS)
@@ -196,6 +199,7 @@ MCP_NO_ASYNCPG = BLOCK_ASYNCPG + textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_tools_name_the_extra_when_asyncpg_is_not_installed(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", MCP_NO_ASYNCPG, NO_ASYNCPG_URL],
@@ -241,6 +245,7 @@ def start_stdio(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_the_server_says_where_its_database_is(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/served.db"
     done = start_stdio(tmp_path, url)
@@ -252,6 +257,7 @@ def test_the_server_says_where_its_database_is(tmp_path: Path) -> None:
     assert (tmp_path / "served.db").exists()  # checked, so created
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_the_server_starts_on_a_database_it_cannot_open_and_says_why(tmp_path: Path) -> None:
     url, says = bad_urls(tmp_path)["file-as-directory"]
     done = start_stdio(tmp_path, url)

@@ -104,6 +104,7 @@ class HttpServer:
 # -- 12: `serve --transport http` says where it listens ---------------------------------------
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize("command", ENTRY_POINTS)
 def test_http_serve_prints_the_url_it_listens_on(command: list[str], tmp_path: Path) -> None:
     server = HttpServer(command, tmp_path)
@@ -118,6 +119,7 @@ def test_http_serve_prints_the_url_it_listens_on(command: list[str], tmp_path: P
     assert sum(1 for line in stderr if "listening on" in line) == 1
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_stdio_writes_nothing_but_json_rpc_to_stdout(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(BIN / "qmcp-server")],
@@ -134,6 +136,7 @@ def test_stdio_writes_nothing_but_json_rpc_to_stdout(tmp_path: Path) -> None:
     assert "listening" not in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize("command", ENTRY_POINTS)
 def test_a_port_in_use_or_a_foreign_address_exits_2_in_one_line(
     command: list[str], tmp_path: Path
@@ -162,6 +165,7 @@ def test_a_port_in_use_or_a_foreign_address_exits_2_in_one_line(
 # -- 10: HTTP hardening -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize("command", ENTRY_POINTS)
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
 def test_a_short_token_beyond_loopback_exits_2_saying_how_to_make_one(
@@ -210,6 +214,7 @@ def test_the_bearer_scheme_is_case_insensitive(token_server: HttpServer, scheme:
     assert "qmcp-server" in response.text  # the initialize result's serverInfo
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize(
     "authorization",
     [
@@ -341,6 +346,7 @@ async def test_resources_read_of_a_missing_or_malformed_uri_is_invalid_params(
     assert code == INVALID_PARAMS and says in message, (code, message)
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_a_token_with_a_trailing_newline_is_the_token(tmp_path: Path) -> None:
     server = HttpServer(["qmcp-server"], tmp_path, QMCP_HTTP_TOKEN=f"  {GOOD_TOKEN}\n")
     try:
