@@ -191,18 +191,11 @@ def agents_create(
 ) -> None:
     """Create an agent type."""
     from qmcp.agentframework import service
-    from qmcp.agentframework.errors import QmcpError
 
     _check_format(fmt)
     capabilities: list[dict[str, Any]] = [{"name": name} for name in mixin or []]
     if capabilities_json:
-        try:
-            parsed = service.parse_json(capabilities_json, "--capabilities-json")
-        except QmcpError as exc:
-            _fail(str(exc))
-        if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
-            _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
-        capabilities += parsed
+        capabilities += _capabilities(capabilities_json)
     agent = _call(
         lambda: service.create_agent(
             name,
@@ -222,6 +215,20 @@ def agents_create(
         _console().print(
             _text("created agent ", (agent.name, "bold"), f" ({data['role']}, {data['model']})")
         )
+
+
+def _capabilities(text: str) -> list[dict[str, Any]]:
+    """`--capabilities-json`: a JSON list of objects, or one clear error line (exit 2)."""
+    from qmcp.agentframework import service
+    from qmcp.agentframework.errors import QmcpError
+
+    try:
+        parsed = service.parse_json(text, "--capabilities-json")
+    except QmcpError as exc:
+        _fail(str(exc))
+    if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
+        _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
+    return parsed
 
 
 @agents_app.command("show")
@@ -255,18 +262,9 @@ def agents_update(
 ) -> None:
     """Change an agent type (options not given stay as they are); its version goes up by one."""
     from qmcp.agentframework import service
-    from qmcp.agentframework.errors import QmcpError
 
     _check_format(fmt)
-    capabilities: list[dict[str, Any]] | None = None
-    if capabilities_json is not None:
-        try:
-            parsed = service.parse_json(capabilities_json, "--capabilities-json")
-        except QmcpError as exc:
-            _fail(str(exc))
-        if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
-            _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
-        capabilities = parsed
+    capabilities = None if capabilities_json is None else _capabilities(capabilities_json)
     agent = _call(
         lambda: service.update_agent(
             name,

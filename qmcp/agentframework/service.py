@@ -46,7 +46,8 @@ from qmcp.agentframework.runners import (
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
 from qmcp.agentframework.store import Store
-from qmcp.agentframework.store.core import PruneResult, describe_bad_json, lone_surrogate
+from qmcp.agentframework.store.core import PruneResult
+from qmcp.agentframework.text import describe_bad_json, lone_surrogate
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

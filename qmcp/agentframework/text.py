@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 # The keys a payload's main text may live under, in the order they are looked for.
@@ -119,3 +121,62 @@ def vote_of(text: str) -> str:
         if line.strip():
             return " ".join(line.split()).lower().rstrip(".")
     return ""
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The code point of the first lone surrogate in `text` (UTF-8 cannot encode it), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return ord(text[exc.start])
+    return None
+
+
+def describe_bad_json(what: str, value: Any) -> str | None:
+    """What JSON and UTF-8 cannot carry in `value` (a lone surrogate; NaN, Infinity), and
+    where, as a message about `what`; None if there is none.
+
+    The service's `check_text` and the runners' `check_input` refuse such input with it; the
+    store is where it would otherwise go wrong (SQLite keeps NaN, PostgreSQL refuses it).
+    Run only when something is wrong, as it keeps the path to every value it visits.
+    """
+    pending: list[tuple[Any, tuple[Any, Any] | None, bool]] = [(value, None, False)]
+    seen: set[int] = set()
+    while pending:
+        item, path, is_key = pending.pop()
+        problem = fix = None
+        if isinstance(item, str) and (code := lone_surrogate(item)) is not None:
+            problem, fix = f"a lone surrogate (\\u{code:04x})", "send valid UTF-8 text"
+        elif isinstance(item, float) and not math.isfinite(item):
+            problem = "NaN" if item != item else ("Infinity" if item > 0 else "-Infinity")
+            fix = "JSON has no NaN or Infinity, send a finite number or null"
+        if problem is not None:
+            where = _json_path(path)
+            if is_key:
+                return f"{what} has {problem} in a key{f' of {where}' if where else ''}; {fix}"
+            if where:
+                return f"{what} has {problem} at {where}; {fix}"
+            return f"{what} {'is' if isinstance(item, float) else 'contains'} {problem}; {fix}"
+        if isinstance(item, Mapping | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    pending.append((key, path, True))
+                    pending.append((child, (path, key), False))
+            else:
+                pending.extend((child, (path, i), False) for i, child in enumerate(item))
+    return None
+
+
+def _json_path(path: tuple[Any, Any] | None) -> str:
+    """`a.b[2]` for the linked path (((None, "a"), "b"), 2)."""
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif isinstance(key, str) and key.isidentifier():
+            parts.append(f".{key}")
+        else:
+            parts.append(f"[{json.dumps(key, default=repr)}]")
+    return "".join(reversed(parts)).lstrip(".")

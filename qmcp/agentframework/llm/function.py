@@ -51,6 +51,7 @@ def register_function(name: str, fn: AgentFunction, *, inline: bool | None = Non
 
 
 def unregister_function(name: str) -> None:
+    _INLINE.pop(name, None)
     FUNCTIONS.unregister(name)
 
 

@@ -39,6 +39,7 @@ from qmcp.agentframework.runners.engine import (
     run_log,
 )
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
+from qmcp.agentframework.text import describe_bad_json
 from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKind, TopologyRegistry
 
 log = logging.getLogger("qmcp.run")
@@ -64,8 +65,6 @@ class RunResult(SQLModel):
 def check_input(input_data: Any) -> dict[str, Any]:
     """The run input must be a JSON object of bounded size: strict JSON (no NaN or Infinity)
     and valid UTF-8 (no lone surrogate); a refusal names where the offending value is."""
-    from qmcp.agentframework.store.core import describe_bad_json
-
     if not isinstance(input_data, Mapping):
         raise ValidationError(
             'input must be a JSON object such as {"prompt": "…"}, '

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -106,6 +104,48 @@ def _insert(connection: Connection, table: Table, values: dict[str, Any]) -> Any
     key = connection.execute(insert(table).values(values)).inserted_primary_key
     assert key is not None
     return key[0]
+
+
+Membership = tuple[str, int, bool, Any]  # slot, position, nested (a topology), member id
+
+
+def _memberships(slots: Mapping[str, AgentType | Topology]) -> list[Membership]:
+    """A topology's slots as membership rows to write, in slot order."""
+    return [
+        (slot, position, isinstance(member, Topology), member.id)
+        for position, (slot, member) in enumerate(slots.items())
+    ]
+
+
+def _insert_memberships(connection: Connection, ident: Any, members: list[Membership]) -> None:
+    if members:
+        connection.execute(
+            insert(MEMBERSHIPS),
+            [
+                {
+                    "topology_id": ident,
+                    "slot_name": slot,
+                    "position": position,
+                    "agent_type_id": None if nested else member_id,
+                    "sub_topology_id": member_id if nested else None,
+                }
+                for slot, position, nested, member_id in members
+            ],
+        )
+
+
+def _agent_id(connection: Connection, name: str) -> Any:
+    ident = connection.execute(select(AGENTS.c.id).where(AGENTS.c.name == name)).scalar()
+    if ident is None:
+        raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+    return ident
+
+
+def _topology_id(connection: Connection, name: str) -> Any:
+    ident = connection.execute(select(TOPOLOGIES.c.id).where(TOPOLOGIES.c.name == name)).scalar()
+    if ident is None:
+        raise NotFoundError(f"no topology named {name!r}; see `qmcp agents topologies list`")
+    return ident
 
 
 def _fetch(connection: Connection, model: type[M], ident: Any) -> M | None:
@@ -242,30 +282,14 @@ class Store:
     ) -> Topology:
         """Store a topology; a slot holds an agent type or a stored topology (compound)."""
         values = _values(topology)
-        members = [
-            (slot, position, isinstance(member, Topology), member.id)
-            for position, (slot, member) in enumerate(slots.items())
-        ]
+        members = _memberships(slots)
         nested_ids = [int(member_id or 0) for _, _, nested, member_id in members if nested]
 
         def add(connection: Connection) -> Topology | None:
             if nested_ids:  # in the transaction: what it checks is what it stores beside
                 _check_nesting(connection, topology.name, nested_ids)
             ident = _insert(connection, TOPOLOGIES, values)
-            if members:
-                connection.execute(
-                    insert(MEMBERSHIPS),
-                    [
-                        {
-                            "topology_id": ident,
-                            "slot_name": slot,
-                            "position": position,
-                            "agent_type_id": None if nested else member_id,
-                            "sub_topology_id": member_id if nested else None,
-                        }
-                        for slot, position, nested, member_id in members
-                    ],
-                )
+            _insert_memberships(connection, ident, members)
             return _fetch(connection, Topology, ident)
 
         stored: Topology = await self._write(
@@ -278,11 +302,7 @@ class Store:
         """Set an agent's columns `values`, bump its version and `updated_at`; the row as stored."""
 
         def change(connection: Connection) -> AgentType | None:
-            ident = connection.execute(
-                select(AGENTS.c.id).where(AGENTS.c.name == name)
-            ).scalar_one_or_none()
-            if ident is None:
-                raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+            ident = _agent_id(connection, name)
             connection.execute(
                 update(AGENTS)
                 .where(AGENTS.c.id == ident)
@@ -297,11 +317,7 @@ class Store:
         """Delete an agent no topology holds; refused naming the topologies that hold it."""
 
         def remove(connection: Connection) -> None:
-            ident = connection.execute(
-                select(AGENTS.c.id).where(AGENTS.c.name == name)
-            ).scalar_one_or_none()
-            if ident is None:
-                raise NotFoundError(f"no agent named {name!r}; see `qmcp agents list`")
+            ident = _agent_id(connection, name)
             holders = _holders(connection, MEMBERSHIPS.c.agent_type_id == ident)
             if holders:
                 raise ConflictError(
@@ -322,23 +338,10 @@ class Store:
         """Set a topology's columns `values` and, given `slots`, replace its slots; bump its
         version and `updated_at`. Nesting and cycles are checked as at creation, for it and
         for every topology that holds it, in the transaction that writes."""
-        members = (
-            None
-            if slots is None
-            else [
-                (slot, position, isinstance(member, Topology), member.id)
-                for position, (slot, member) in enumerate(slots.items())
-            ]
-        )
+        members = None if slots is None else _memberships(slots)
 
         def change(connection: Connection) -> Topology | None:
-            ident = connection.execute(
-                select(TOPOLOGIES.c.id).where(TOPOLOGIES.c.name == name)
-            ).scalar_one_or_none()
-            if ident is None:
-                raise NotFoundError(
-                    f"no topology named {name!r}; see `qmcp agents topologies list`"
-                )
+            ident = _topology_id(connection, name)
             connection.execute(
                 update(TOPOLOGIES)
                 .where(TOPOLOGIES.c.id == ident)
@@ -346,20 +349,7 @@ class Store:
             )
             if members is not None:
                 connection.execute(delete(MEMBERSHIPS).where(MEMBERSHIPS.c.topology_id == ident))
-                if members:
-                    connection.execute(
-                        insert(MEMBERSHIPS),
-                        [
-                            {
-                                "topology_id": ident,
-                                "slot_name": slot,
-                                "position": position,
-                                "agent_type_id": None if nested else member_id,
-                                "sub_topology_id": member_id if nested else None,
-                            }
-                            for slot, position, nested, member_id in members
-                        ],
-                    )
+                _insert_memberships(connection, ident, members)
                 try:
                     _recheck_nesting(connection, ident)
                 except ValidationError as exc:
@@ -376,13 +366,7 @@ class Store:
         Its executions stay, with their snapshots (their `topology_id` becomes NULL)."""
 
         def remove(connection: Connection) -> None:
-            ident = connection.execute(
-                select(TOPOLOGIES.c.id).where(TOPOLOGIES.c.name == name)
-            ).scalar_one_or_none()
-            if ident is None:
-                raise NotFoundError(
-                    f"no topology named {name!r}; see `qmcp agents topologies list`"
-                )
+            ident = _topology_id(connection, name)
             holders = _holders(connection, MEMBERSHIPS.c.sub_topology_id == ident)
             if holders:
                 raise ConflictError(
@@ -996,65 +980,6 @@ def _check_nesting(connection: Connection, name: str, sub_ids: Sequence[int]) ->
             f"topology {name!r} would nest {len(chain)} levels deep ({shown}); "
             f"topologies nest at most {MAX_NESTING} levels (MAX_NESTING)"
         )
-
-
-def lone_surrogate(text: str) -> int | None:
-    """The code point of the first lone surrogate in `text` (UTF-8 cannot encode it), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return ord(text[exc.start])
-    return None
-
-
-def describe_bad_json(what: str, value: Any) -> str | None:
-    """What JSON and UTF-8 cannot carry in `value` (a lone surrogate; NaN, Infinity), and
-    where, as a message about `what`; None if there is none.
-
-    The service's `check_text` and the runners' `check_input` refuse such input with it; the
-    store is where it would otherwise go wrong (SQLite keeps NaN, PostgreSQL refuses it).
-    Run only when something is wrong, as it keeps the path to every value it visits.
-    """
-    pending: list[tuple[Any, tuple[Any, Any] | None, bool]] = [(value, None, False)]
-    seen: set[int] = set()
-    while pending:
-        item, path, is_key = pending.pop()
-        problem = fix = None
-        if isinstance(item, str) and (code := lone_surrogate(item)) is not None:
-            problem, fix = f"a lone surrogate (\\u{code:04x})", "send valid UTF-8 text"
-        elif isinstance(item, float) and not math.isfinite(item):
-            problem = "NaN" if item != item else ("Infinity" if item > 0 else "-Infinity")
-            fix = "JSON has no NaN or Infinity, send a finite number or null"
-        if problem is not None:
-            where = _json_path(path)
-            if is_key:
-                return f"{what} has {problem} in a key{f' of {where}' if where else ''}; {fix}"
-            if where:
-                return f"{what} has {problem} at {where}; {fix}"
-            return f"{what} {'is' if isinstance(item, float) else 'contains'} {problem}; {fix}"
-        if isinstance(item, Mapping | list | tuple) and id(item) not in seen:
-            seen.add(id(item))
-            if isinstance(item, Mapping):
-                for key, child in item.items():
-                    pending.append((key, path, True))
-                    pending.append((child, (path, key), False))
-            else:
-                pending.extend((child, (path, i), False) for i, child in enumerate(item))
-    return None
-
-
-def _json_path(path: tuple[Any, Any] | None) -> str:
-    """`a.b[2]` for the linked path (((None, "a"), "b"), 2)."""
-    parts: list[str] = []
-    while path is not None:
-        path, key = path
-        if isinstance(key, int):
-            parts.append(f"[{key}]")
-        elif isinstance(key, str) and key.isidentifier():
-            parts.append(f".{key}")
-        else:
-            parts.append(f"[{json.dumps(key, default=repr)}]")
-    return "".join(reversed(parts)).lstrip(".")
 
 
 MIN_ID_PREFIX = 4  # hex characters: fewer would match too much to be worth typing
