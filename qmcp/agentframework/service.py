@@ -155,25 +155,15 @@ async def create_agent(
 ) -> AgentType:
     check_name("agent", name)
     check_text("role", role)
-    check_text("model", model)
-    check_text("system prompt", system_prompt)
-    check_text("capabilities", capabilities)
-    check_text("temperature", temperature)
     parsed_role = AgentRole.parse(role)
-    model_config = Models.parse(model) if isinstance(model, str) else model or Models.default()
-    fields: dict[str, Any] = {"model_config_obj": model_config, "system_prompt": system_prompt}
-    if temperature is not None:
-        fields["temperature"] = temperature
-    if max_tokens is not None:
-        fields["max_tokens"] = max_tokens
-    try:
-        if capabilities:
-            fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
-        config = AgentConfig(**fields)
-    except PydanticValidationError as exc:
-        raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
-    MixinRegistry.resolve(config.capabilities)
-    check_text("agent config", config.model_dump())  # a ModelConfig object, a mixin's defaults
+    config = _agent_config(
+        {"model_config_obj": Models.default()} if model is None else {},
+        model=model,
+        system_prompt=system_prompt,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        capabilities=capabilities or None,
+    )
     agent = AgentType(
         name=name,
         description=check_description(description),
@@ -199,10 +189,6 @@ async def update_agent(
     its version goes up by one. Executions keep the agent as it was when they ran."""
     check_text("agent name", name)
     check_text("role", role)
-    check_text("model", model)
-    check_text("system prompt", system_prompt)
-    check_text("capabilities", capabilities)
-    check_text("temperature", temperature)
     given = (description, role, model, system_prompt, temperature, max_tokens, capabilities)
     if all(value is None for value in given):
         raise ValidationError(
@@ -211,15 +197,44 @@ async def update_agent(
         )
     store = Store(db_url)
     current = await store.get_agent(name)
-    fields = dict(current.config or {})
-    if model is not None:
-        fields["model_config_obj"] = Models.parse(model) if isinstance(model, str) else model
-    if system_prompt is not None:
-        fields["system_prompt"] = system_prompt
-    if temperature is not None:
-        fields["temperature"] = temperature
-    if max_tokens is not None:
-        fields["max_tokens"] = max_tokens
+    config = _agent_config(
+        dict(current.config or {}),
+        model=model,
+        system_prompt=system_prompt,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        capabilities=capabilities,
+    )
+    values: dict[str, Any] = {"config": config.model_dump(mode="json")}
+    if role is not None:
+        values["role"] = AgentRole.parse(role)
+    if description is not None:
+        values["description"] = check_description(description)
+    return await store.update_agent(name, values)
+
+
+def _agent_config(
+    fields: dict[str, Any],
+    *,
+    model: str | ModelConfig | None,
+    system_prompt: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    capabilities: list[dict[str, Any]] | None,
+) -> AgentConfig:
+    """`fields` (an agent's config so far) with the given values set (None: keep), validated:
+    strict text, known model and mixins. What creating and updating an agent both check."""
+    check_text("model", model)
+    check_text("system prompt", system_prompt)
+    check_text("capabilities", capabilities)
+    check_text("temperature", temperature)
+    given = {
+        "model_config_obj": Models.parse(model) if isinstance(model, str) else model,
+        "system_prompt": system_prompt,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    fields = fields | {key: value for key, value in given.items() if value is not None}
     try:
         if capabilities is not None:
             fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
@@ -227,13 +242,8 @@ async def update_agent(
     except PydanticValidationError as exc:
         raise ValidationError(f"invalid agent config: {describe_validation_error(exc)}") from None
     MixinRegistry.resolve(config.capabilities)
-    check_text("agent config", config.model_dump())
-    values: dict[str, Any] = {"config": config.model_dump(mode="json")}
-    if role is not None:
-        values["role"] = AgentRole.parse(role)
-    if description is not None:
-        values["description"] = check_description(description)
-    return await store.update_agent(name, values)
+    check_text("agent config", config.model_dump())  # a ModelConfig object, a mixin's defaults
+    return config
 
 
 async def delete_agent(name: str, db_url: str | None = None) -> None:
