@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal[
     "planner",
@@ -23,6 +23,27 @@ class Capability(BaseModel):
     name: str = Field(description="a mixin name from mixins_list", max_length=100)
     config: dict[str, Any] = Field(default_factory=dict, description="the mixin's config")
     enabled: bool = True
+
+
+class ToolServerArg(BaseModel):
+    """An MCP server an agent uses as tools (checked in full by the service, as `ToolServer`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64, description="how the agent's records name this server")
+    command: str | None = Field(default=None, description="stdio: the program to start")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description='"${VAR}" reads the environment')
+    cwd: str | None = None
+    url: str | None = Field(default=None, description="streamable HTTP: the MCP endpoint")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description='"${VAR}" reads the environment'
+    )
+    allow: list[str] | None = Field(default=None, description="only these tools")
+    deny: list[str] = Field(default_factory=list, description="never these tools")
+    approve: list[str] = Field(
+        default_factory=list, description="a human approves each call (destructive tools always)"
+    )
 
 
 class AgentInfo(BaseModel):

@@ -42,6 +42,30 @@ approvals_app = typer.Typer(
 app.add_typer(approvals_app, name="approvals")
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json")]
+ToolsOption = Annotated[
+    str | None,
+    typer.Option(
+        help='MCP servers as tools: [{"name": "time", "command": "uvx", "args": '
+        '["mcp-server-time"]}] or [{"name": "docs", "url": "http://…/mcp"}]; each may have '
+        '"allow", "deny", "approve" (tool names), "env"/"headers" ("${VAR}" reads the '
+        "environment); [] removes them"
+    ),
+]
+MaxToolCallsOption = Annotated[
+    int | None, typer.Option(help="tool calls one invocation may make at most (default 10)")
+]
+FallbackOption = Annotated[
+    list[str] | None,
+    typer.Option("--fallback-model", help="a model that answers when the one before fails; repeat"),
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(help="the model's OpenAI-compatible endpoint, e.g. http://127.0.0.1:11434/v1"),
+]
+ApiKeyEnvOption = Annotated[
+    str | None,
+    typer.Option(help="the NAME of the variable holding the endpoint's key (not the key)"),
+]
 
 
 def _text(*parts: str | tuple[str, str]) -> Any:
@@ -170,7 +194,9 @@ def agents_create(
     description: Annotated[str, typer.Option(help="what the agent is for")] = "",
     model: Annotated[
         str | None,
-        typer.Option(help="claude-… id, a Models name, 'offline' or 'function:<name>'"),
+        typer.Option(
+            help="claude-… id, openai:<model>, a Models name, 'offline' or 'function:<name>'"
+        ),
     ] = None,
     system_prompt: Annotated[
         str | None, typer.Option(help="replaces the role's default prompt")
@@ -187,6 +213,11 @@ def agents_create(
         str | None,
         typer.Option(help='mixins with config: [{"name": "memory", "config": {...}}]'),
     ] = None,
+    tools_json: ToolsOption = None,
+    max_tool_calls: MaxToolCallsOption = None,
+    fallback_model: FallbackOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     fmt: FormatOption = "table",
 ) -> None:
     """Create an agent type."""
@@ -206,6 +237,11 @@ def agents_create(
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=capabilities,
+            tools=None if tools_json is None else _json_list(tools_json, "--tools-json"),
+            max_tool_calls=max_tool_calls,
+            fallback_models=fallback_model or None,
+            base_url=base_url,
+            api_key_env=api_key_env,
         )
     )
     data = service.agent_to_dict(agent)
@@ -219,15 +255,24 @@ def agents_create(
 
 def _capabilities(text: str) -> list[dict[str, Any]]:
     """`--capabilities-json`: a JSON list of objects, or one clear error line (exit 2)."""
+    return _json_list(text, "--capabilities-json", '{"name": "reasoning"}')
+
+
+def _json_list(
+    text: str,
+    option: str,
+    example: str = '{"name": "time", "command": "uvx", "args": ["mcp-server-time"]}',
+) -> list[dict[str, Any]]:
+    """A JSON list of objects given to `option`, or one clear error line (exit 2)."""
     from qmcp.agentframework import service
     from qmcp.agentframework.errors import QmcpError
 
     try:
-        parsed = service.parse_json(text, "--capabilities-json")
+        parsed = service.parse_json(text, option)
     except QmcpError as exc:
         _fail(str(exc))
     if not isinstance(parsed, list) or not all(isinstance(c, dict) for c in parsed):
-        _fail('--capabilities-json must be a JSON list of objects like {"name": "reasoning"}')
+        _fail(f"{option} must be a JSON list of objects like {example}")
     return parsed
 
 
@@ -247,7 +292,9 @@ def agents_update(
     role: Annotated[str | None, typer.Option(help="a role, as in `agents create`")] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="claude-… id, a Models name, 'offline' or 'function:<name>'"),
+        typer.Option(
+            help="claude-… id, openai:<model>, a Models name, 'offline' or 'function:<name>'"
+        ),
     ] = None,
     system_prompt: Annotated[
         str | None, typer.Option(help="replaces the role's default prompt")
@@ -258,6 +305,11 @@ def agents_update(
         str | None,
         typer.Option(help='replaces the mixins: [{"name": "memory", "config": {...}}]'),
     ] = None,
+    tools_json: ToolsOption = None,
+    max_tool_calls: MaxToolCallsOption = None,
+    fallback_model: FallbackOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     fmt: FormatOption = "table",
 ) -> None:
     """Change an agent type (options not given stay as they are); its version goes up by one."""
@@ -275,6 +327,11 @@ def agents_update(
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=capabilities,
+            tools=None if tools_json is None else _json_list(tools_json, "--tools-json"),
+            max_tool_calls=max_tool_calls,
+            fallback_models=fallback_model,
+            base_url=base_url,
+            api_key_env=api_key_env,
         )
     )
     data = service.agent_to_dict(agent)

@@ -151,8 +151,16 @@ async def create_agent(
     temperature: float | None = None,
     max_tokens: int | None = None,
     capabilities: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    max_tool_calls: int | None = None,
+    fallback_models: list[str] | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
     db_url: str | None = None,
 ) -> AgentType:
+    """Create an agent type. `tools` are MCP servers (see `ToolServer`); `base_url` and
+    `api_key_env` set the endpoint of its model (openai); `fallback_models` are model specs
+    that answer, in order, when the primary fails for good."""
     check_name("agent", name)
     check_text("role", role)
     parsed_role = AgentRole.parse(role)
@@ -163,6 +171,11 @@ async def create_agent(
         temperature=temperature,
         max_tokens=max_tokens,
         capabilities=capabilities or None,
+        tools=tools,
+        max_tool_calls=max_tool_calls,
+        fallback_models=fallback_models,
+        base_url=base_url,
+        api_key_env=api_key_env,
     )
     agent = AgentType(
         name=name,
@@ -183,17 +196,36 @@ async def update_agent(
     temperature: float | None = None,
     max_tokens: int | None = None,
     capabilities: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    max_tool_calls: int | None = None,
+    fallback_models: list[str] | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
     db_url: str | None = None,
 ) -> AgentType:
     """Change the given fields of an agent (None: keep), checked as `create_agent` checks them;
     its version goes up by one. Executions keep the agent as it was when they ran."""
     check_text("agent name", name)
     check_text("role", role)
-    given = (description, role, model, system_prompt, temperature, max_tokens, capabilities)
+    given = (
+        description,
+        role,
+        model,
+        system_prompt,
+        temperature,
+        max_tokens,
+        capabilities,
+        tools,
+        max_tool_calls,
+        fallback_models,
+        base_url,
+        api_key_env,
+    )
     if all(value is None for value in given):
         raise ValidationError(
             f"nothing to change in agent {name!r}: give a description, role, model, system "
-            "prompt, temperature, max tokens or capabilities"
+            "prompt, temperature, max tokens, capabilities, tools, max tool calls, fallback "
+            "models, base URL or API key variable"
         )
     store = Store(db_url)
     current = await store.get_agent(name)
@@ -204,6 +236,11 @@ async def update_agent(
         temperature=temperature,
         max_tokens=max_tokens,
         capabilities=capabilities,
+        tools=tools,
+        max_tool_calls=max_tool_calls,
+        fallback_models=fallback_models,
+        base_url=base_url,
+        api_key_env=api_key_env,
     )
     values: dict[str, Any] = {"config": config.model_dump(mode="json")}
     if role is not None:
@@ -221,6 +258,11 @@ def _agent_config(
     temperature: float | None,
     max_tokens: int | None,
     capabilities: list[dict[str, Any]] | None,
+    tools: list[dict[str, Any]] | None = None,
+    max_tool_calls: int | None = None,
+    fallback_models: list[str] | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
 ) -> AgentConfig:
     """`fields` (an agent's config so far) with the given values set (None: keep), validated:
     strict text, known model and mixins. What creating and updating an agent both check."""
@@ -228,14 +270,30 @@ def _agent_config(
     check_text("system prompt", system_prompt)
     check_text("capabilities", capabilities)
     check_text("temperature", temperature)
+    check_text("tools", tools)
+    check_text("fallback models", fallback_models)
+    check_text("base URL", base_url)
+    check_text("API key variable", api_key_env)
     given = {
         "model_config_obj": Models.parse(model) if isinstance(model, str) else model,
         "system_prompt": system_prompt,
         "temperature": temperature,
         "max_tokens": max_tokens,
+        "tools": tools,
+        "max_tool_calls": max_tool_calls,
+        "fallback_models": (
+            None if fallback_models is None else [Models.parse(m) for m in fallback_models]
+        ),
     }
     fields = fields | {key: value for key, value in given.items() if value is not None}
+    endpoint = {"base_url": base_url, "api_key_env": api_key_env}
+    endpoint = {key: value or None for key, value in endpoint.items() if value is not None}
     try:
+        if endpoint:  # "" clears a setting
+            primary = fields.get("model_config_obj") or Models.default()
+            if not isinstance(primary, ModelConfig):
+                primary = ModelConfig.model_validate(primary)
+            fields["model_config_obj"] = ModelConfig.model_validate(primary.model_dump() | endpoint)
         if capabilities is not None:
             fields["capabilities"] = [CapabilityConfig.model_validate(c) for c in capabilities]
         config = AgentConfig(**fields)

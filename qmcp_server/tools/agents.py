@@ -7,7 +7,14 @@ from typing import Annotated
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
-from qmcp_server.schemas import AgentInfo, AgentList, Capability, Deleted, Role
+from qmcp_server.schemas import (
+    AgentInfo,
+    AgentList,
+    Capability,
+    Deleted,
+    Role,
+    ToolServerArg,
+)
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CREATE, DELETE, READ_ONLY, UPDATE, tool
 
@@ -45,6 +52,31 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         capabilities: Annotated[
             list[Capability] | None, Field(description="mixins, see mixins_list", max_length=20)
         ] = None,
+        tools: Annotated[
+            list[ToolServerArg] | None,
+            Field(
+                description="MCP servers whose tools the agent may call: stdio {name, command, "
+                "args, env, cwd} or streamable HTTP {name, url, headers}, each with optional "
+                "allow / deny / approve lists of tool names; env and header values may say "
+                '"${VAR}" to read the server\'s environment',
+                max_length=20,
+            ),
+        ] = None,
+        max_tool_calls: Annotated[
+            int | None, Field(ge=0, le=500, description="tool calls per invocation (default 10)")
+        ] = None,
+        fallback_models: Annotated[
+            list[str] | None,
+            Field(description="models that answer, in order, when the primary fails for good"),
+        ] = None,
+        base_url: Annotated[
+            str | None,
+            Field(description="the model's OpenAI-compatible endpoint (openai:<model>)"),
+        ] = None,
+        api_key_env: Annotated[
+            str | None,
+            Field(description="the NAME of the server's variable holding that endpoint's key"),
+        ] = None,
     ) -> AgentInfo:
         """Create an agent type. Fails if the name exists or the model or a mixin is unknown."""
         from qmcp.agentframework import service
@@ -58,6 +90,13 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=[c.model_dump() for c in capabilities or []],
+            tools=None
+            if tools is None
+            else [t.model_dump(mode="json", exclude_unset=True) for t in tools],
+            max_tool_calls=max_tool_calls,
+            fallback_models=fallback_models,
+            base_url=base_url,
+            api_key_env=api_key_env,
             db_url=db_url,
         )
         return AgentInfo(**service.agent_to_dict(agent))
@@ -85,6 +124,32 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             list[Capability] | None,
             Field(description="replaces the agent's mixins, see mixins_list", max_length=20),
         ] = None,
+        tools: Annotated[
+            list[ToolServerArg] | None,
+            Field(
+                description="MCP servers whose tools the agent may call: stdio {name, command, "
+                "args, env, cwd} or streamable HTTP {name, url, headers}, each with optional "
+                "allow / deny / approve lists of tool names; env and header values may say "
+                '"${VAR}" to read the server\'s environment'
+                + "; replaces the agent's servers ([] removes them)",
+                max_length=20,
+            ),
+        ] = None,
+        max_tool_calls: Annotated[
+            int | None, Field(ge=0, le=500, description="tool calls per invocation (default 10)")
+        ] = None,
+        fallback_models: Annotated[
+            list[str] | None,
+            Field(description="models that answer, in order, when the primary fails for good"),
+        ] = None,
+        base_url: Annotated[
+            str | None,
+            Field(description="the model's OpenAI-compatible endpoint (openai:<model>)"),
+        ] = None,
+        api_key_env: Annotated[
+            str | None,
+            Field(description="the NAME of the server's variable holding that endpoint's key"),
+        ] = None,
     ) -> AgentInfo:
         """Change an agent type's fields (omitted ones stay) and bump its version. Executions
         keep the version they ran with; runs from now on use the new one."""
@@ -99,6 +164,13 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=None if capabilities is None else [c.model_dump() for c in capabilities],
+            tools=None
+            if tools is None
+            else [t.model_dump(mode="json", exclude_unset=True) for t in tools],
+            max_tool_calls=max_tool_calls,
+            fallback_models=fallback_models,
+            base_url=base_url,
+            api_key_env=api_key_env,
             db_url=db_url,
         )
         return AgentInfo(**service.agent_to_dict(agent))

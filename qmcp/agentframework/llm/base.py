@@ -101,6 +101,10 @@ class LLMRequest(BaseModel):
     timeout_seconds: float = Field(
         default=120.0, description="how long one call may take (providers pass it to their SDK)"
     )
+    # The endpoint, for providers that take one (openai): a base URL and the NAME of the
+    # variable that holds its key; None: the provider's defaults.
+    base_url: str | None = None
+    api_key_env: str | None = None
     # Who is asking; providers such as `offline` and `function` may use it.
     agent_name: str = ""
     role: str = ""

@@ -1,7 +1,13 @@
 """Tables and config models: agents, topologies, executions, invocations and their turns."""
 
 from qmcp.agentframework.models.composition import MAX_NESTING, SubTopology
-from qmcp.agentframework.models.config import AgentConfig, CapabilityConfig, ModelConfig, Models
+from qmcp.agentframework.models.config import (
+    AgentConfig,
+    CapabilityConfig,
+    ModelConfig,
+    Models,
+    ToolServer,
+)
 from qmcp.agentframework.models.enums import (
     AgentRole,
     AggregationMethod,
@@ -43,6 +49,7 @@ __all__ = [
     "Models",
     "PipelineConfig",
     "SubTopology",
+    "ToolServer",
     "Topology",
     "TopologyMembership",
     "TopologyType",

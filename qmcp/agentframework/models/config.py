@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qmcp.agentframework.errors import ValidationError, known
 
-# Built in: anthropic, offline, function, and sampling (in the server); plugins add more.
-BUILTIN_PROVIDERS = ("anthropic", "offline", "function", "sampling")
+# Built in: anthropic, openai, offline, function, and sampling (in the server); plugins add more.
+BUILTIN_PROVIDERS = ("anthropic", "openai", "offline", "function", "sampling")
 
 
 class ModelConfig(BaseModel):
@@ -25,6 +25,19 @@ class ModelConfig(BaseModel):
         + " or a plugin's",
     )
     model: str = Field(min_length=1, max_length=200)
+    base_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=r"^https?://\S+$",
+        description="an OpenAI-compatible endpoint (openai provider), e.g. "
+        "http://127.0.0.1:11434/v1 for Ollama; default: OPENAI_BASE_URL, else OpenAI's",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$",
+        description="the NAME of the environment variable that holds this endpoint's key "
+        "(never the key itself); default: the provider's own (OPENAI_API_KEY, ANTHROPIC_API_KEY)",
+    )
 
     @property
     def label(self) -> str:
@@ -74,8 +87,8 @@ class Models:
     def parse(cls, spec: str) -> ModelConfig:
         """Resolve a user's model spec.
 
-        Accepts a registry name (`CLAUDE_SONNET_4`), `offline`, `sampling`, `function:<name>`
-        or any Claude model id (`claude-…`).
+        Accepts a registry name (`CLAUDE_SONNET_4`), `offline`, `sampling`, `function:<name>`,
+        `openai:<model>` (any OpenAI-compatible endpoint) or any Claude model id (`claude-…`).
         """
         text = spec.strip()
         named = cls.all().get(text.upper())
@@ -88,11 +101,15 @@ class Models:
             return cls.SAMPLING
         if lowered.startswith("function:") and len(text) > len("function:"):
             return ModelConfig(provider="function", model=text.split(":", 1)[1])
+        if lowered.startswith("openai:") and len(text) > len("openai:"):
+            return ModelConfig(provider="openai", model=text.split(":", 1)[1])
+        if lowered.startswith("anthropic:") and len(text) > len("anthropic:"):
+            return ModelConfig(provider="anthropic", model=text.split(":", 1)[1])
         if lowered.startswith("claude-"):
             return ModelConfig(provider="anthropic", model=text)
         raise ValidationError(
-            f"unknown model {spec!r}; use a Claude model id (claude-…), 'offline', 'sampling', "
-            f"'function:<name>' or one of: {known(sorted(cls.all()))}"
+            f"unknown model {spec!r}; use a Claude model id (claude-…), 'openai:<model>', "
+            f"'offline', 'sampling', 'function:<name>' or one of: {known(sorted(cls.all()))}"
         )
 
     @classmethod
@@ -100,6 +117,81 @@ class Models:
         """The model for agents created without one: `QMCP_DEFAULT_MODEL`, else offline."""
         spec = os.environ.get("QMCP_DEFAULT_MODEL")
         return cls.parse(spec) if spec else cls.OFFLINE
+
+
+_TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+class ToolServer(BaseModel):
+    """An MCP server whose tools an agent may call: a stdio command or a streamable HTTP URL.
+
+    `env` and `headers` values may reference the environment (`"${GITHUB_TOKEN}"`); they are
+    expanded when the server starts, and the expanded value is never stored, logged or recorded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$", description="how this agent's records name the server"
+    )
+    command: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="stdio: the program to start"
+    )
+    args: list[str] = Field(default_factory=list, max_length=100)
+    env: dict[str, str] = Field(
+        default_factory=dict, description='stdio: extra variables; "${VAR}" reads the environment'
+    )
+    cwd: str | None = Field(default=None, max_length=1000)
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="streamable HTTP: the server's MCP endpoint",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description='HTTP: extra headers; "${VAR}" reads the environment'
+    )
+    allow: list[Annotated[str, Field(pattern=_TOOL_NAME)]] | None = Field(
+        default=None, description="only these tools (default: all the server lists)"
+    )
+    deny: list[Annotated[str, Field(pattern=_TOOL_NAME)]] = Field(
+        default_factory=list, description="never these tools (checked before any call)"
+    )
+    approve: list[Annotated[str, Field(pattern=_TOOL_NAME)]] = Field(
+        default_factory=list,
+        description="tools a human approves before each call (destructive tools always do)",
+    )
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> ToolServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                f"tool server {self.name!r} needs either a command (stdio) or a url (streamable "
+                "HTTP), not both and not neither"
+            )
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError(
+                f"tool server {self.name!r}: args, env and cwd are for stdio servers (a command)"
+            )
+        if self.command is not None and self.headers:
+            raise ValueError(f"tool server {self.name!r}: headers are for HTTP servers (a url)")
+        both = sorted(set(self.allow or []) & set(self.deny))
+        if both:
+            raise ValueError(
+                f"tool server {self.name!r}: {', '.join(both)} is both allowed and denied"
+            )
+        return self
+
+    def permits(self, tool: str) -> bool:
+        """Whether the allow and deny lists let the agent see and call `tool`."""
+        return tool not in self.deny and (self.allow is None or tool in self.allow)
+
+    @property
+    def where(self) -> str:
+        """The server as a message names it: its command line or its URL (never a secret)."""
+        if self.url is not None:
+            return self.url
+        return " ".join([self.command or "", *self.args]).strip()
 
 
 class CapabilityConfig(BaseModel):
@@ -130,7 +222,24 @@ class AgentConfig(BaseModel):
     max_tool_calls: int = Field(
         default=10, ge=0, le=500, description="tool calls one invocation may make at most"
     )
+    tools: list[ToolServer] = Field(
+        default_factory=list, max_length=20, description="MCP servers whose tools the agent uses"
+    )
+    fallback_models: list[ModelConfig] = Field(
+        default_factory=list,
+        max_length=5,
+        description="models that answer, in order, when the primary fails for good",
+    )
     capabilities: list[CapabilityConfig] = Field(default_factory=list)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_servers(cls, value: list[ToolServer]) -> list[ToolServer]:
+        names = [s.name for s in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tool server named twice: {', '.join(duplicates)}")
+        return value
 
     @field_validator("capabilities")
     @classmethod

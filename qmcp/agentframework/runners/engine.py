@@ -258,6 +258,8 @@ class Engine:
             max_tokens=setup.config.max_tokens,
             temperature=setup.config.temperature,
             timeout_seconds=setup.config.timeout_seconds,
+            base_url=model.base_url,
+            api_key_env=model.api_key_env,
             agent_name=agent.name,
             role=str(agent.role),
             slot=slot,
