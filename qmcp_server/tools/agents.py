@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
@@ -183,3 +183,8 @@ def register(mcp: MCPServer, state: ServerState) -> None:
 
         await service.delete_agent(name, db_url)
         return Deleted(name=name, message=f"deleted agent {name!r}")
+
+
+def _servers(tools: list[ToolServerArg] | None) -> list[dict[str, Any]] | None:
+    """The servers as the service takes them (the fields given, checked there in full)."""
+    return None if tools is None else [t.model_dump(mode="json", exclude_unset=True) for t in tools]
