@@ -1,4 +1,5 @@
-"""The database tables: agent types, topologies, memberships, executions, invocations, turns.
+"""The database tables: agent types, topologies, memberships, executions, invocations, turns,
+tool calls, memories and approvals.
 
 A change here is a schema change: it needs a migration in `qmcp/agentframework/store/migrations`.
 """
@@ -168,6 +169,34 @@ class InvocationTurn(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     created_at: datetime = _ts()
+
+
+class ToolCall(SQLModel, table=True):
+    """One tool call of an invocation: recorded as `running` before the call and completed
+    after it, so a resumed run replays a finished call instead of making it again, and knows
+    which calls were in flight when the process stopped."""
+
+    __tablename__ = "tool_calls"
+    __table_args__ = (UniqueConstraint("execution_id", "key", "call_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    execution_id: uuid.UUID = Field(
+        sa_column=Column(
+            ForeignKey("executions.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    key: str = Field(max_length=500)  # the invocation's key
+    call_id: str = Field(max_length=200)  # the model's tool-use id
+    server: str = Field(max_length=64)
+    tool: str = Field(max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=20)  # running | completed | failed | skipped | rejected
+    result: str | None = Field(default=None, sa_type=Text)  # what the model was given
+    is_error: bool = False
+    error: str | None = Field(default=None, sa_type=Text)
+    duration_ms: float | None = None
+    started_at: datetime = _ts()
+    completed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class AgentMemory(SQLModel, table=True):

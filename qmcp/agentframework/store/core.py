@@ -32,6 +32,7 @@ from qmcp.agentframework.models import (
     Invocation,
     InvocationStatus,
     InvocationTurn,
+    ToolCall,
     SubTopology,
     Topology,
     TopologyMembership,
@@ -64,6 +65,7 @@ MEMBERSHIPS = _table(TopologyMembership)
 EXECUTIONS = _table(Execution)
 INVOCATIONS = _table(Invocation)
 TURNS = _table(InvocationTurn)
+TOOL_CALLS = _table(ToolCall)
 MEMORIES = _table(AgentMemory)
 APPROVALS = _table(Approval)
 # The statements of the hot path, built once with their parameters left open: building a
@@ -666,6 +668,35 @@ class Store:
                 found.setdefault(row["key"], []).append({k: row[k] for k in _TURN_FIELDS})
         return found
 
+    async def record_tool_call(self, row: dict[str, Any]) -> None:
+        """Record a tool call as it starts (`running`) or ends, in one short transaction: the row
+        of its (execution, key, call id) is updated when it exists, else inserted."""
+        values = dict(row)
+        where = (
+            (TOOL_CALLS.c.execution_id == values["execution_id"])
+            & (TOOL_CALLS.c.key == values["key"])
+            & (TOOL_CALLS.c.call_id == values["call_id"])
+        )
+
+        def record(connection: Connection) -> None:
+            changed = {k: v for k, v in values.items() if k not in ("execution_id", "key")}
+            if connection.execute(update(TOOL_CALLS).where(where).values(changed)).rowcount:
+                return
+            connection.execute(insert(TOOL_CALLS).values(values))
+
+        await self._write(record, now=True)
+
+    async def tool_calls(self, execution_id: uuid.UUID) -> dict[tuple[str, str], dict[str, Any]]:
+        """The recorded tool calls of an execution by (invocation key, call id)."""
+        query = (
+            select(TOOL_CALLS)
+            .where(TOOL_CALLS.c.execution_id == execution_id)
+            .order_by(TOOL_CALLS.c.id)
+        )
+        async with self.session() as s:
+            rows = (await s.execute(query)).mappings().all()
+        return {(r["key"], r["call_id"]): dict(r) for r in rows}
+
     async def totals(self, execution_id: uuid.UUID) -> dict[str, Any]:
         async with self.session() as s:
             row = (await s.execute(_SELECT_TOTALS, {"ident": execution_id})).one()
@@ -767,7 +798,7 @@ class Store:
         """
         cutoff: datetime = utcnow() - older_than
         finished = [s for s in ExecutionStatus if s.finished]
-        tables = (TURNS, APPROVALS, MEMORIES, INVOCATIONS)
+        tables = (TURNS, TOOL_CALLS, APPROVALS, MEMORIES, INVOCATIONS)
 
         def prune(connection: Connection) -> dict[str, int]:
             ids = list(
