@@ -140,7 +140,13 @@ def test_registry_resolves_dependencies_in_order_and_rejects_cycles() -> None:
         for mixin in (First, Second, LoopA, LoopB):
             MixinRegistry.unregister(mixin.name)
     described = {m["name"]: m for m in MixinRegistry.describe()}
-    assert set(described) == {"reasoning", "structured_output", "memory", "human_in_loop"}
+    assert set(described) == {
+        "tool_use",
+        "reasoning",
+        "structured_output",
+        "memory",
+        "human_in_loop",
+    }
     assert "schema" in json.dumps(described["structured_output"]["config_schema"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -310,8 +311,13 @@ class Tools:
         self.release = asyncio.Event()
         self.block: str | None = None
 
-    def specs(self) -> list[ToolSpec]:
+    async def specs(self) -> list[ToolSpec]:
         return [ToolSpec(name="lookup"), ToolSpec(name="add")]
+
+    async def run(self, calls: Sequence[ToolUseBlock]) -> list[ToolResultBlock]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.call(call)) for call in calls]
+        return [task.result() for task in tasks]
 
     async def call(self, call: ToolUseBlock) -> ToolResultBlock:
         self.calls.append(f"{call.name}:{call.input.get('x')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -41,8 +42,13 @@ class Lookup:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def specs(self) -> list[ToolSpec]:
+    async def specs(self) -> list[ToolSpec]:
         return [ToolSpec(name="lookup")]
+
+    async def run(self, calls: Sequence[ToolUseBlock]) -> list[ToolResultBlock]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.call(call)) for call in calls]
+        return [task.result() for task in tasks]
 
     async def call(self, call: ToolUseBlock) -> ToolResultBlock:
         self.calls.append(call.id)

@@ -18,6 +18,7 @@ from qmcp.agentframework.mixins import (
     MixinRegistry,
     Reasoning,
     StructuredOutput,
+    ToolUse,
 )
 from qmcp.agentframework.runners import (
     AsyncRunner,
@@ -32,7 +33,7 @@ def register() -> None:
     ProviderRegistry.register("anthropic", AnthropicProvider)
     ProviderRegistry.register("offline", OfflineProvider)
     ProviderRegistry.register("function", FunctionProvider)
-    for mixin in (Reasoning, StructuredOutput, Memory, HumanInLoop):
+    for mixin in (ToolUse, Reasoning, StructuredOutput, Memory, HumanInLoop):
         MixinRegistry.add(mixin)
     for kind in BUILTIN_KINDS:
         TopologyRegistry.add(kind)

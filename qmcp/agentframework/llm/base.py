@@ -82,6 +82,9 @@ class ToolSpec(BaseModel):
     name: str
     description: str = ""
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    read_only: bool = Field(
+        default=False, description="the tool says it changes nothing (MCP readOnlyHint)"
+    )
 
 
 class LLMRequest(BaseModel):

@@ -3,6 +3,10 @@
 It is the embedded default so that everything runs without a key. It is role-aware only as
 far as the topologies need: reviewers and critics answer approval JSON, planners a numbered
 plan, synthesizers a synthesis of what they were given, everyone a `confidence:` line.
+
+Given tools, it calls one read-only tool first (the one whose name or description shares the
+most words with the task, with arguments built from its input schema's required fields), then
+answers quoting what the tool returned, so demos and tests show a tool-using agent with no key.
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any
 
 from qmcp.agentframework.llm.base import (
     LLMRequest,
     LLMResponse,
     ProviderCapabilities,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
     count_tokens,
 )
 
@@ -121,23 +130,116 @@ def offline_answer(request: LLMRequest) -> str:
     return f"{body}\nconfidence: {confidence:.2f}"
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+def _task_text(request: LLMRequest) -> str:
+    """The first user message's text: the task, before any tool traffic."""
+    for message in request.messages:
+        if message.role == "user" and message.text:
+            return message.text
+    return ""
+
+
+def _argument(schema: dict[str, Any], task: str) -> Any:
+    """A value of the JSON Schema `schema` built from the task, deterministically."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        return max(1, int(low)) if kind == "integer" else float(max(1, low))
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        return []
+    if kind == "object":
+        return _arguments(schema, task)
+    return _excerpt(task, min(int(schema.get("maxLength", 120)), 120))
+
+
+def _arguments(schema: dict[str, Any], task: str) -> dict[str, Any]:
+    properties = schema.get("properties") or {}
+    return {
+        name: _argument(properties.get(name) or {}, task) for name in schema.get("required", [])
+    }
+
+
+def _chosen_tool(tools: list[ToolSpec], task: str) -> ToolSpec | None:
+    """The read-only tool that shares the most words with the task (the first on a tie)."""
+    readable = [t for t in tools if t.read_only]
+    if not readable:
+        return None
+    words = _words(task)
+    return max(readable, key=lambda t: len(words & _words(f"{t.name} {t.description}")))
+
+
+def _tool_results(request: LLMRequest) -> list[ToolResultBlock]:
+    return [
+        b
+        for m in request.messages
+        if m.role == "user"
+        for b in m.blocks
+        if isinstance(b, ToolResultBlock)
+    ]
+
+
 class OfflineProvider:
     """Answers at once, without I/O: declared `answers_inline`, so no timeout is armed."""
 
     name = "offline"
-    CAPABILITIES = ProviderCapabilities(answers_inline=True)
+    CAPABILITIES = ProviderCapabilities(tools=True, answers_inline=True)
 
     def capabilities(self, model: str) -> ProviderCapabilities:
         return self.CAPABILITIES
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        text = offline_answer(request)
         prompt_size = sum(len(m.text) for m in request.messages) + len(request.system or "")
+        input_tokens = max(1, prompt_size // 4)
+        results = _tool_results(request)
+        if request.tools and request.tool_choice != "none" and not results:
+            task = _task_text(request)
+            tool = _chosen_tool(request.tools, task)
+            if tool is not None:
+                digest = _digest(request)
+                call = ToolUseBlock(
+                    id=f"offline_{digest % 10**12:012d}",
+                    name=tool.name,
+                    input=_arguments(tool.input_schema, task),
+                )
+                note = TextBlock(text=f"{MARK} calling {tool.name} first.")
+                return LLMResponse(
+                    content=[note, call],
+                    provider=self.name,
+                    model="offline",
+                    input_tokens=input_tokens,
+                    output_tokens=count_tokens(note.text) + 8,
+                    stop_reason="tool_use",
+                )
+        # After tool calls, the task is the first message (the last ones carry results).
+        asked = (
+            request.model_copy(update={"messages": request.messages[:1]}) if results else request
+        )
+        text = offline_answer(asked)
+        if results:
+            quoted = "\n".join(
+                f"- {'error' if r.is_error else 'result'}: {_excerpt(r.content, 300)}"
+                for r in results
+            )
+            text = f"{text}\nWhat the tools said:\n{quoted}"
         return LLMResponse(
             text=text,
             model="offline",
             provider=self.name,
-            input_tokens=max(1, prompt_size // 4),
+            input_tokens=input_tokens,
             output_tokens=count_tokens(text),
             stop_reason="end_turn",
         )

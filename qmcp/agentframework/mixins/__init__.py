@@ -11,6 +11,7 @@ from qmcp.agentframework.mixins.human_in_loop import HumanInLoop
 from qmcp.agentframework.mixins.memory import Memory
 from qmcp.agentframework.mixins.reasoning import Reasoning
 from qmcp.agentframework.mixins.structured_output import StructuredOutput
+from qmcp.agentframework.mixins.tool_use import ToolUse
 
 __all__ = [
     "HumanInLoop",
@@ -22,4 +23,5 @@ __all__ = [
     "OutputRejected",
     "Reasoning",
     "StructuredOutput",
+    "ToolUse",
 ]

@@ -34,6 +34,8 @@ class HumanInLoop(Mixin):
         "ask, else a pending approval answered with `qmcp approvals answer`."
     )
     config_model = HumanInLoopConfig
+    # The reference design's dependency: decisions on answers and on tool calls share a channel.
+    dependencies = ("tool_use",)
 
     async def gate(self, output: dict[str, Any], ctx: MixinContext) -> None:
         """Apply the human decision to a recorded answer, asking for one if there is none."""

@@ -147,6 +147,7 @@ class PreparedRun:
     setups: dict[int, AgentSetup] = field(default_factory=dict)
     turns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
+    tool_calls: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def execution_id(self) -> uuid.UUID:
@@ -237,6 +238,8 @@ class BaseRunner:
         checkpoints = await self.store.checkpoints(ident)
         turns = await self.store.turns(ident)
         attempts = await self.store.attempts(ident)
+        # Tool calls matter only inside an unfinished conversation (one with recorded turns).
+        tool_calls = await self.store.tool_calls(ident) if turns else {}
         return PreparedRun(
             execution,
             kind,
@@ -247,6 +250,7 @@ class BaseRunner:
             execution.duration_ms or 0,
             turns=turns,
             attempts=attempts,
+            tool_calls=tool_calls,
         )
 
     async def resume(
@@ -271,6 +275,7 @@ class BaseRunner:
             prepared.setups,
             prepared.turns,
             prepared.attempts,
+            prepared.tool_calls,
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -288,6 +293,7 @@ class BaseRunner:
         setups: dict[int, AgentSetup] | None = None,
         turns: dict[str, list[dict[str, Any]]] | None = None,
         attempts: dict[str, int] | None = None,
+        tool_calls: dict[tuple[str, str], dict[str, Any]] | None = None,
     ) -> RunResult:
         cfg = self.config
         engine = Engine(
@@ -302,6 +308,7 @@ class BaseRunner:
             setups=setups,
             turns=turns,
             attempts=attempts,
+            tool_calls=tool_calls,
         )
         started_at = utcnow()
         t0 = time.perf_counter()
@@ -377,19 +384,22 @@ class BaseRunner:
         """Record the outcome, with the rows a run without checkpointing kept, in one store
         transaction. The duration is the execution's whole run time: the earlier segments'
         (`previous_ms`, before a resume) plus this one's."""
-        await engine.settle()
-        rows, turns = engine.take_pending()
-        metrics = self.config.metrics_enabled
-        completed_at = await self.store.finish_execution(
-            execution.id,
-            status=status,
-            output=output,
-            error=error,
-            duration_ms=previous_ms + int((time.perf_counter() - t0) * 1000),
-            metrics=metrics,
-            invocations=rows,
-            turns=turns,
-        )
+        try:
+            await engine.settle()
+            rows, turns = engine.take_pending()
+            metrics = self.config.metrics_enabled
+            completed_at = await self.store.finish_execution(
+                execution.id,
+                status=status,
+                output=output,
+                error=error,
+                duration_ms=previous_ms + int((time.perf_counter() - t0) * 1000),
+                metrics=metrics,
+                invocations=rows,
+                turns=turns,
+            )
+        finally:
+            await engine.close_tools()  # the run's tool servers stop with it, whatever happened
         if (
             metrics
             and logging.getLevelName(self.config.log_level) <= logging.INFO

@@ -38,11 +38,31 @@ from qmcp.agentframework.llm import (
     TimeoutProvider,
     estimate_cost,
 )
-from qmcp.agentframework.mixins import Mixin, MixinContext, MixinRegistry, OutputRejected
-from qmcp.agentframework.models import AgentConfig, AgentType, InvocationStatus, utcnow
+from qmcp.agentframework.mixins import (
+    Mixin,
+    MixinContext,
+    MixinRegistry,
+    OutputRejected,
+    ToolUse,
+)
+from qmcp.agentframework.models import (
+    AgentConfig,
+    AgentType,
+    CapabilityConfig,
+    InvocationStatus,
+    utcnow,
+)
 from qmcp.agentframework.prompts import system_prompt_for
 from qmcp.agentframework.text import render_payload
-from qmcp.agentframework.tools import Conversation, Toolbox, converse
+from qmcp.agentframework.tools import (
+    Conversation,
+    McpToolbox,
+    Toolbox,
+    ToolJournal,
+    ToolServerError,
+    ToolSessions,
+    converse,
+)
 from qmcp.agentframework.topologies.base import Slots, SubTopology, run_nested
 
 if TYPE_CHECKING:
@@ -89,6 +109,7 @@ class AgentSetup(NamedTuple):
     config: AgentConfig
     mixins: list[Mixin]
     system_prompt: str
+    # A toolbox given in code (embedding, tests); else the agent's MCP servers, per invocation.
     toolbox: Toolbox | None = None
 
 
@@ -119,7 +140,10 @@ def agent_setup(agent: AgentType) -> AgentSetup:
         return setup
     config = AgentConfig.model_validate(agent.config or {})
     ProviderRegistry.get(config.model_config_obj.provider)  # unknown: fails at the start
-    mixins = MixinRegistry.resolve(config.capabilities)
+    capabilities = config.capabilities
+    if config.tools and not any(c.name == ToolUse.name for c in capabilities):
+        capabilities = [CapabilityConfig(name=ToolUse.name), *capabilities]  # tools imply it
+    mixins = MixinRegistry.resolve(capabilities)
     setup = _SETUPS[key] = AgentSetup(config, mixins, system_prompt_for(agent, config))
     if len(_SETUPS) > _SETUPS_KEPT:
         _SETUPS.popitem(last=False)
@@ -166,6 +190,7 @@ class Engine:
         setups: Mapping[int, AgentSetup] | None = None,
         turns: Mapping[str, list[dict[str, Any]]] | None = None,
         attempts: Mapping[str, int] | None = None,
+        tool_calls: Mapping[tuple[str, str], dict[str, Any]] | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.agents = agents
@@ -173,6 +198,8 @@ class Engine:
         self.store = store
         self.checkpoints = checkpoints
         self.turns = dict(turns or {})
+        self.tool_calls = dict(tool_calls or {})  # recorded before a resume: (key, call id)
+        self.tool_sessions: ToolSessions | None = None  # started on the first tool use
         self.concurrency = concurrency
         self.limiter = asyncio.Semaphore(concurrency) if concurrency else None
         self.on_event = on_event
@@ -277,12 +304,15 @@ class Engine:
                 conversation = await converse(
                     chain,
                     request,
-                    toolbox=setup.toolbox,
+                    toolbox=self._toolbox(setup, agent, key),
                     max_tool_calls=setup.config.max_tool_calls,
                     recorded=recorded,
                     recorded_usage=usage,
                     on_turn=call.record_turn,
                 )
+            except ToolServerError as exc:  # a server that does not start: no model attempt
+                await call.record_failure(str(exc))
+                raise await call.failed(str(exc)) from None
             except ProviderError as exc:  # permanent, or transient with its retries spent
                 raise await call.failed(str(exc)) from None
             response = conversation.response
@@ -345,6 +375,26 @@ class Engine:
         if budget > 0:
             provider = RetryingProvider(provider, RetryPolicy(max_retries=budget), call.retrying)
         return provider
+
+    def _toolbox(self, setup: AgentSetup, agent: AgentType, key: str) -> Toolbox | None:
+        """The tools of this invocation: a toolbox given in code, else the agent's MCP servers
+        through this run's sessions, recorded under `key`."""
+        if setup.toolbox is not None or not setup.config.tools:
+            return setup.toolbox
+        if self.tool_sessions is None:
+            self.tool_sessions = ToolSessions()
+        recorded = {call: row for (k, call), row in self.tool_calls.items() if k == key}
+        journal = ToolJournal(self.store, self.execution_id, key, agent.name, recorded)
+        limit = next(
+            (m.max_result_chars for m in setup.mixins if hasattr(m, "max_result_chars")), None
+        )
+        options = {} if limit is None else {"max_result_chars": limit}
+        return McpToolbox(setup.config.tools, self.tool_sessions, journal, **options)
+
+    async def close_tools(self) -> None:
+        """End this run's tool sessions (their servers stop); the run is over."""
+        if self.tool_sessions is not None:
+            await self.tool_sessions.aclose()
 
     def _recorded_turns(self, key: str) -> tuple[list[Message], tuple[int, int]]:
         """The turns a previous run of this execution recorded for `key`, and their usage."""
@@ -588,6 +638,13 @@ class _Call:
             return
         error = str(attempt.error)
         row = self._row(error, attempt.duration_ms, attempt.started_at, attempt.request.messages)
+        await self.engine._record(row)
+        self._log(row["attempt"], error)
+
+    async def record_failure(self, error: str) -> None:
+        """A failure before any model attempt (a tool server that does not start)."""
+        asked = self.request.messages if self.request is not None else []
+        row = self._row(error, self.ms(), self.started, asked)
         await self.engine._record(row)
         self._log(row["attempt"], error)
 

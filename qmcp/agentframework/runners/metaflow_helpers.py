@@ -86,7 +86,10 @@ def invoke_agent(agent_config: dict[str, Any], input_data: dict[str, Any]) -> di
                 on_event=None,
                 total=1,
             )
-            return await engine.invoke(slot, input_data, key=f"{slot}/{uuid.uuid4().hex[:8]}")
+            try:
+                return await engine.invoke(slot, input_data, key=f"{slot}/{uuid.uuid4().hex[:8]}")
+            finally:
+                await engine.close_tools()
 
     return asyncio.run(call())
 
@@ -349,18 +352,22 @@ class _Work:
         from qmcp.agentframework.runners.replay import owned
 
         answered: list[tuple[str, Outcome]] = []
-        while True:
-            pending = (await self.discover()).pending
-            mine = pending if step is None else owned(pending, step, branch)
-            if not mine:
-                break
-            for call in mine:
-                outcome = await self.invoke(call)
-                self.state["outcomes"].setdefault(call.key, []).append(outcome)
-                self.state["steps"][call.key] = name
-                answered.append((call.key, outcome))
-        if self._engine is not None:
-            await self._engine.flush()  # rows a run without checkpointing batches
+        try:
+            while True:
+                pending = (await self.discover()).pending
+                mine = pending if step is None else owned(pending, step, branch)
+                if not mine:
+                    break
+                for call in mine:
+                    outcome = await self.invoke(call)
+                    self.state["outcomes"].setdefault(call.key, []).append(outcome)
+                    self.state["steps"][call.key] = name
+                    answered.append((call.key, outcome))
+            if self._engine is not None:
+                await self._engine.flush()  # rows a run without checkpointing batches
+        finally:
+            if self._engine is not None:  # the step's tool servers stop when the step does
+                await self._engine.close_tools()
         return answered
 
     async def invoke(self, call: PendingCall) -> Outcome:
@@ -383,6 +390,7 @@ class _Work:
             from qmcp.agentframework.runners.engine import Engine
 
             # A task that died after some calls finished (then resumed) does not pay again.
+            turns = await self.store.turns(self.ident)
             self._engine = Engine(
                 execution_id=self.ident,
                 agents=self.agents,
@@ -392,8 +400,9 @@ class _Work:
                 concurrency=None,
                 on_event=None,
                 total=1,
-                turns=await self.store.turns(self.ident),
+                turns=turns,
                 attempts=await self.store.attempts(self.ident),
+                tool_calls=await self.store.tool_calls(self.ident) if turns else None,
             )
         return self._engine
 

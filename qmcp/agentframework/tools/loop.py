@@ -10,8 +10,7 @@ case where the first answer has no tool calls.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,12 +27,13 @@ from qmcp.agentframework.llm import (
 
 
 class Toolbox(Protocol):
-    """The tools one agent may call (its MCP servers, filtered), for one run."""
+    """The tools one agent may call in one invocation (its MCP servers, filtered)."""
 
-    def specs(self) -> list[ToolSpec]: ...
+    async def specs(self) -> list[ToolSpec]: ...
 
-    async def call(self, call: ToolUseBlock) -> ToolResultBlock:
-        """Run one call; a tool's own failure is an `is_error` result, not an exception."""
+    async def run(self, calls: Sequence[ToolUseBlock]) -> list[ToolResultBlock]:
+        """Run one turn's calls, results in order; a tool's own failure is an `is_error`
+        result, not an exception."""
         ...
 
 
@@ -73,8 +73,15 @@ async def converse(
         output_tokens=recorded_usage[1],
     )
     state.tool_calls = sum(len(_tool_uses(m)) for m in state.turns if m.role == "assistant")
-    specs = toolbox.specs() if toolbox is not None else []
+    specs = await toolbox.specs() if toolbox is not None else []
     if specs:
+        if not provider.capabilities(request.model).tools:
+            raise ConfigurationError(
+                f"the model {provider.name}:{request.model} cannot call tools, and this agent "
+                "has tool servers; give it a model that can (Claude, openai:…, offline) or "
+                "remove its tools",
+                provider=provider.name,
+            )
         request = request.model_copy(update={"tools": specs})
     dangling = _tool_uses(state.turns[-1]) if state.turns else []
     if dangling and state.turns[-1].role == "assistant":
@@ -118,11 +125,7 @@ async def _answer_calls(
     """Run one turn's calls concurrently (those within the limit) and record their results."""
     room = max(0, max_tool_calls - state.tool_calls)
     allowed, refused = calls[:room], calls[room:]
-    results: list[ToolResultBlock] = []
-    if allowed:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(toolbox.call(call)) for call in allowed]
-        results = [task.result() for task in tasks]
+    results = await toolbox.run(allowed) if allowed else []
     state.tool_calls += len(allowed)
     for call in refused:
         results.append(
