@@ -10,6 +10,7 @@ from qmcp.agentframework.llm import (
     AnthropicProvider,
     FunctionProvider,
     OfflineProvider,
+    OpenAIProvider,
     ProviderRegistry,
 )
 from qmcp.agentframework.mixins import (
@@ -31,6 +32,7 @@ from qmcp.agentframework.topologies import BUILTIN_KINDS, TopologyRegistry
 
 def register() -> None:
     ProviderRegistry.register("anthropic", AnthropicProvider)
+    ProviderRegistry.register("openai", OpenAIProvider)
     ProviderRegistry.register("offline", OfflineProvider)
     ProviderRegistry.register("function", FunctionProvider)
     for mixin in (ToolUse, Reasoning, StructuredOutput, Memory, HumanInLoop):

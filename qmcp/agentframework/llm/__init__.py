@@ -21,6 +21,7 @@ from qmcp.agentframework.llm.function import (
     unregister_function,
 )
 from qmcp.agentframework.llm.offline import OfflineProvider
+from qmcp.agentframework.llm.openai_provider import OpenAIProvider
 from qmcp.agentframework.llm.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 from qmcp.agentframework.llm.redaction import redact
 from qmcp.agentframework.llm.wrappers import (
@@ -45,6 +46,7 @@ __all__ = [
     "LimitedProvider",
     "Message",
     "OfflineProvider",
+    "OpenAIProvider",
     "Provider",
     "ProviderCapabilities",
     "ProviderRegistry",
