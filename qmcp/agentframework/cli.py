@@ -40,6 +40,11 @@ approvals_app = typer.Typer(
     help="Human decisions the human_in_loop mixin asked for.", no_args_is_help=True
 )
 app.add_typer(approvals_app, name="approvals")
+models_app = typer.Typer(
+    help="Model providers and the model specs agents can use; test one.",
+    invoke_without_command=True,
+)
+app.add_typer(models_app, name="models")
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json")]
 ToolsOption = Annotated[
@@ -203,7 +208,10 @@ def agents_create(
     ] = None,
     temperature: Annotated[
         float | None,
-        typer.Option(help="0.0 to 1.0; MCP sampling only (the Anthropic API rejects it)"),
+        typer.Option(
+            help="0.0 to 1.0; sent to providers that take it (openai, sampling); the "
+            "Anthropic API rejects it"
+        ),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
     mixin: Annotated[
@@ -299,7 +307,10 @@ def agents_update(
     system_prompt: Annotated[
         str | None, typer.Option(help="replaces the role's default prompt")
     ] = None,
-    temperature: Annotated[float | None, typer.Option(help="0.0 to 1.0")] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="0.0 to 1.0; sent to providers that take it (openai, sampling)"),
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="largest answer, in tokens")] = None,
     capabilities_json: Annotated[
         str | None,
@@ -805,6 +816,85 @@ def approvals_answer(
     )
 
 
+# -- models ---------------------------------------------------------------------------------
+
+
+@models_app.callback()
+def models_default(ctx: typer.Context, fmt: FormatOption = "table") -> None:
+    """Model providers and the model specs agents can use (alone: `qmcp models list`)."""
+    if ctx.invoked_subcommand is None:
+        models_list(fmt)
+
+
+@models_app.command("list")
+def models_list(fmt: FormatOption = "table") -> None:
+    """List providers and named models, and which are configured here (a key set, an endpoint
+    that answers)."""
+    from qmcp.agentframework import models_catalog
+
+    _check_format(fmt)
+    data = _call(models_catalog.catalog)
+    if fmt == "json":
+        _print_json(data)
+        return
+    yes = {True: "yes", False: "no"}
+    console = _console()
+    console.print(
+        _table(
+            ("provider", "model specs", "configured", "status"),
+            [
+                (p["name"], ", ".join(p["specs"]), yes[p["configured"]], p["status"])
+                for p in data["providers"]
+            ],
+        )
+    )
+    console.print(
+        _table(
+            ("name", "model", "configured"),
+            [(m["name"], m["label"], yes[m["configured"]]) for m in data["models"]],
+        )
+    )
+    console.print(
+        _text(
+            "a model is written claude-<id>, openai:<model>, offline, sampling, function:<name> "
+            "or a name above; try one with `qmcp models test SPEC`"
+        )
+    )
+
+
+@models_app.command("test")
+def models_test(
+    spec: Annotated[str, typer.Argument(help="a model spec, e.g. openai:llama3.2 or offline")],
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 30.0,
+    fmt: FormatOption = "table",
+) -> None:
+    """Make one tiny call to a model and report how long it took (exit 1 if it fails)."""
+    from qmcp.agentframework import models_catalog
+
+    _check_format(fmt)
+    result = _call(
+        lambda: models_catalog.try_model(
+            spec, base_url=base_url, api_key_env=api_key_env, timeout=timeout
+        )
+    )
+    if fmt == "json":
+        _print_json(result)
+        if not result["ok"]:
+            raise typer.Exit(1)
+        return
+    if not result["ok"]:
+        _fail(f"{result['spec']} failed after {result['latency_ms']:g} ms: {result['error']}", 1)
+    _console().print(
+        _text(
+            (result["spec"], "bold"),
+            f" answered in {result['latency_ms']:g} ms ({result['answered_by']}): ",
+            repr(result["answer"]),
+        )
+    )
+
+
 # -- demo and server ------------------------------------------------------------------------
 
 
@@ -833,6 +923,7 @@ def info(fmt: FormatOption = "table") -> None:
         "anthropic": "configured (ANTHROPIC_API_KEY is set)"
         if os.environ.get("ANTHROPIC_API_KEY")
         else "not configured: set ANTHROPIC_API_KEY",
+        "openai": "openai:<model>; see `qmcp models` for its endpoint and key",
         "offline": "always available (no network, deterministic)",
         "function": "registered Python callables (function:NAME)",
     }
