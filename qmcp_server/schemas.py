@@ -53,6 +53,11 @@ class AgentInfo(BaseModel):
     description: str
     config: dict[str, Any]
     version: int
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="agents_show: each tool server's tools as discovered now (which need a "
+        "human's approval), or why the server could not be reached",
+    )
     created_at: str | None
     updated_at: str | None = None
 

@@ -64,7 +64,7 @@ def _error(kind: str, message: str) -> dict[str, Any]:
 class MessagesAPIServer:
     """`with MessagesAPIServer() as api:` then point ANTHROPIC_BASE_URL at `api.base_url`."""
 
-    def __init__(self, responder: Callable[[dict[str, Any]], str] | None = None) -> None:
+    def __init__(self, responder: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.responder = responder or self.echo
         self.requests: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
@@ -173,7 +173,10 @@ class MessagesAPIServer:
                 if fault is not None and fault.status:
                     self._send(fault.status, _error(fault.error_type, fault.message), fault.headers)
                     return
-                text = api.responder(body)
+                answer = api.responder(body)
+                # A responder answers text, or content blocks (tool_use blocks, for tool tests).
+                content = [{"type": "text", "text": answer}] if isinstance(answer, str) else answer
+                text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
                 prompt = json.dumps(body.get("messages")) + str(body.get("system", ""))
                 self._send(
                     200,
@@ -182,8 +185,12 @@ class MessagesAPIServer:
                         "type": "message",
                         "role": "assistant",
                         "model": body["model"],
-                        "content": [{"type": "text", "text": text}],
-                        "stop_reason": "end_turn",
+                        "content": content,
+                        "stop_reason": (
+                            "tool_use"
+                            if any(b.get("type") == "tool_use" for b in content)
+                            else "end_turn"
+                        ),
                         "stop_sequence": None,
                         "usage": {
                             "input_tokens": max(1, len(prompt) // 4),

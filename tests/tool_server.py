@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True)
@@ -78,7 +79,7 @@ def delete_everything(reason: str) -> str:
 def broken(reason: str) -> str:
     """Always fails (the tool reports an error)."""
     _log("broken", {"reason": reason})
-    raise ValueError(f"broken on purpose: {reason}")
+    raise ToolError(f"broken on purpose: {reason}")
 
 
 @server.tool(annotations=READ_ONLY)

@@ -286,11 +286,16 @@ def _json_list(
 
 @agents_app.command("show")
 def agents_show(name: str, fmt: FormatOption = "json") -> None:
-    """Show one agent type with its full config."""
+    """Show one agent type with its full config, and its tool servers' tools as discovered."""
     from qmcp.agentframework import service
 
     _check_format(fmt)
-    _print_json(service.agent_to_dict(_call(lambda: service.get_agent(name))))
+    agent = _call(lambda: service.get_agent(name))
+    data = service.agent_to_dict(agent)
+    discovered = _call(lambda: service.discover_tools(agent))
+    if discovered:
+        data["tools"] = discovered
+    _print_json(data)
 
 
 @agents_app.command("update")

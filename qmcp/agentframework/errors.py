@@ -86,5 +86,7 @@ def describe_validation_error(exc: PydanticValidationError) -> str:
         message = error.get("msg", "invalid")
         if error.get("type") == "extra_forbidden":
             message = "unknown field"
+        elif error.get("type") == "value_error":  # our own validators' words, without a prefix
+            message = message.removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)

@@ -319,6 +319,15 @@ async def get_agent(name: str, db_url: str | None = None) -> AgentType:
     return await Store(db_url).get_agent(check_text("agent name", name))
 
 
+async def discover_tools(agent: AgentType) -> list[dict[str, Any]]:
+    """The agent's tool servers as they answer now: each server's tools (with what needs a
+    human's approval), or why the server could not be reached. Starts each server once."""
+    from qmcp.agentframework.tools import describe_servers
+
+    servers = AgentConfig.model_validate(agent.config or {}).tools
+    return await describe_servers(servers) if servers else []
+
+
 def agent_to_dict(agent: AgentType) -> dict[str, Any]:
     config = agent.config or {}
     model = config.get("model_config_obj") or {}

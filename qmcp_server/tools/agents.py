@@ -103,10 +103,13 @@ def register(mcp: MCPServer, state: ServerState) -> None:
 
     @tool(mcp, READ_ONLY)
     async def agents_show(name: Annotated[str, Field(max_length=100)]) -> AgentInfo:
-        """Show one agent type with its full config."""
+        """Show one agent type with its full config; for an agent with tool servers, each
+        server's tools as discovered now (the servers are started to list them)."""
         from qmcp.agentframework import service
 
-        return AgentInfo(**service.agent_to_dict(await service.get_agent(name, db_url)))
+        agent = await service.get_agent(name, db_url)
+        discovered = await service.discover_tools(agent)
+        return AgentInfo(**service.agent_to_dict(agent), tools=discovered or None)
 
     @tool(mcp, UPDATE)
     async def agents_update(
