@@ -559,6 +559,23 @@ def hostile_case() -> tuple[Topology, dict[str, Any]]:
     return topology, agents
 
 
+def tools_case(root: Path) -> tuple[Topology, dict[str, Any]]:
+    """A pipeline whose first stage calls a read-only tool of a real MCP server (the offline
+    model picks it), inside the Metaflow step as in-process."""
+    server = {
+        "name": "t",
+        "command": sys.executable,
+        "args": [str(ROOT / "tests" / "tool_server.py")],
+        "env": {"TOOL_SERVER_LOG": str(root / "tool_calls.jsonl")},
+    }
+    config = AgentConfig(model_config_obj=Models.OFFLINE, tools=[server]).model_dump(mode="json")
+    agents = {
+        "research": AgentType(name="mf_researcher", role=AgentRole.EXECUTOR, config=config),
+        "write": agent("mf_writer", AgentRole.EXECUTOR, MODELS["echo"]),
+    }
+    return Topology(name="tools_pipeline", topology_type=TopologyType.PIPELINE), agents
+
+
 @dataclass
 class Flowed:
     """One case run on every runner, with what the assertions read back."""
@@ -612,7 +629,10 @@ async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
     store = Store(db_url)
 
     async def one(name: str) -> Flowed:
-        topology, agents = hostile_case() if name == "hostile" else build(name)
+        if name == "tools":
+            topology, agents = tools_case(root)
+        else:
+            topology, agents = hostile_case() if name == "hostile" else build(name)
         data = HOSTILE_INPUT if name == "hostile" else INPUT
         local = await LocalRunner(db_url=db_url).run(topology, agents, data)
         concurrent = await AsyncRunner(db_url=db_url, max_concurrent=4).run(topology, agents, data)
@@ -635,7 +655,7 @@ async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
             root,
         )
 
-    names = [*KINDS, "hostile"]
+    names = [*KINDS, "hostile", "tools"]
     try:
         done = await asyncio.gather(*(one(name) for name in names))
     finally:
@@ -666,6 +686,31 @@ def test_hostile_names_and_text_are_data_not_code(flows: dict[str, Flowed], tmp_
     assert ran.record.snapshot["metaflow"]["steps"][HOSTILE_SLOT] == "s0_members"
     assert ran.tasks["s0_members"] == len(ran.agents), "a branch per member, the hostile one too"
     assert not (ran.cwd / "pwned").exists()
+
+
+@slow
+def test_a_tool_using_agent_gives_the_same_output_and_tool_calls_on_every_runner(
+    flows: dict[str, Flowed],
+) -> None:
+    ran = flows["tools"]
+    assert ran.flowed.status == "completed", ran.flowed.error
+    assert ran.flowed.output == ran.local.output == ran.concurrent.output
+    assert "What the tools said" in ran.flowed.output["stages"][0]["content"]
+    db_url = f"sqlite+aiosqlite:///{ran.cwd}/agent.db"
+
+    async def calls(execution_id: Any) -> list[tuple[Any, ...]]:
+        rows = (await Store(db_url).tool_calls(execution_id)).values()
+        fields = ("key", "call_id", "server", "tool", "arguments", "status", "result", "is_error")
+        return [tuple(str(r[f]) for f in fields) for r in rows]
+
+    async def everywhere() -> list[list[tuple[Any, ...]]]:
+        runs = (ran.local, ran.concurrent, ran.flowed)
+        return [await calls(r.execution_id) for r in runs]
+
+    local, concurrent, flowed = asyncio.run(everywhere())
+    assert len(local) == 1 and local == concurrent == flowed
+    log = [json.loads(line) for line in (ran.cwd / "tool_calls.jsonl").read_text().splitlines()]
+    assert [c["tool"] for c in log] == ["lookup"] * 3, "one call per runner, at the server"
 
 
 @slow
