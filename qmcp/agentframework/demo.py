@@ -42,6 +42,27 @@ DEMO_TOPOLOGIES: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
     ),
 ]
 DEMO_INPUT = {"prompt": "How should a small team adopt multi-agent LLM workflows?"}
+# An agent that acts: it uses this project's own MCP server as its tools (two read-only ones),
+# started over stdio by the run and stopped when the run ends.
+DEMO_TOOL_AGENT = ("demo_scout", "specialist", "Looks up which runners qmcp has, with a tool")
+DEMO_TOOL_TOPOLOGY = (
+    "demo_tools",
+    "pipeline",
+    {"scout": "demo_scout", "write": "demo_executor"},
+    {},
+    "a scout that calls an MCP tool, then a writer",
+)
+
+
+def demo_tool_servers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "qmcp",
+            "command": sys.executable,
+            "args": ["-m", "qmcp_server"],
+            "allow": ["runners_list", "mixins_list"],
+        }
+    ]
 
 
 async def ensure_demo_objects(db_url: str | None = None) -> None:
@@ -51,7 +72,17 @@ async def ensure_demo_objects(db_url: str | None = None) -> None:
             await service.create_agent(
                 name, role, description=description, model="offline", db_url=db_url
             )
-    for name, kind, slots, config, description in DEMO_TOPOLOGIES:
+    with suppress(ConflictError):
+        name, role, description = DEMO_TOOL_AGENT
+        await service.create_agent(
+            name,
+            role,
+            description=description,
+            model="offline",
+            tools=demo_tool_servers(),
+            db_url=db_url,
+        )
+    for name, kind, slots, config, description in [*DEMO_TOPOLOGIES, DEMO_TOOL_TOPOLOGY]:
         with suppress(ConflictError):
             await service.create_topology(
                 name, kind, slots, config=config, description=description, db_url=db_url
@@ -64,7 +95,8 @@ async def run_demo(json_output: bool = False, db_url: str | None = None) -> list
     console = Console(highlight=False, soft_wrap=True)
     await ensure_demo_objects(db_url)
     results = []
-    for name, runner_type in (("demo_pipeline", "local"), ("demo_ensemble", "async")):
+    runs = (("demo_pipeline", "local"), ("demo_ensemble", "async"), ("demo_tools", "local"))
+    for name, runner_type in runs:
         result = await service.run_topology(
             name, DEMO_INPUT, runner_type=runner_type, db_url=db_url
         )
@@ -79,6 +111,11 @@ async def run_demo(json_output: bool = False, db_url: str | None = None) -> list
                 f"  [dim]{invocation.key:<14}[/] {invocation.agent_name:<18} "
                 f"{invocation.status.value:<9} {invocation.duration_ms:7.1f} ms "
                 f"in {invocation.input_tokens} / out {invocation.output_tokens} tokens"
+                + (
+                    f", {invocation.output['tool_calls']} tool call(s)"
+                    if (invocation.output or {}).get("tool_calls")
+                    else ""
+                )
             )
         console.print(
             (result.output or {}).get("content", result.error or ""), markup=False, emoji=False
