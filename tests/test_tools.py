@@ -462,3 +462,67 @@ async def test_a_third_party_server_from_npm(db_url: str, functions: list[str]) 
     agent = await service.get_agent("echoer", db_url)
     (entry,) = await service.discover_tools(agent)
     assert [t["name"] for t in entry["tools"]] == ["echo"]
+
+
+@pytest.mark.parametrize("mode", [{}, {"mode": "legacy"}], ids=["stateless-2026", "legacy"])
+async def test_over_mcp_agents_take_tools_and_show_what_they_found(
+    db_url: str, log: ToolLog, mode: dict[str, Any]
+) -> None:
+    from mcp import Client
+
+    from qmcp_server.server import build_server
+
+    async with Client(build_server(db_url), **mode) as client:
+        created = await client.call_tool(
+            "agents_create",
+            {
+                "name": "mcp_actor",
+                "role": "executor",
+                "model": "offline",
+                "tools": [stdio_server(log, deny=["huge"], approve=["add"])],
+                "max_tool_calls": 4,
+            },
+        )
+        assert not created.is_error, created.content
+        shown = (await client.call_tool("agents_show", {"name": "mcp_actor"})).structured_content
+        assert shown is not None
+        (server,) = shown["tools"]
+        names = {t["name"]: t for t in server["tools"]}
+        assert "huge" not in names and names["add"]["needs_approval"] is True
+        assert (
+            names["delete_everything"]["needs_approval"] and not names["lookup"]["needs_approval"]
+        )
+        bad = await client.call_tool(
+            "agents_create",
+            {"name": "x", "role": "executor", "tools": [{"name": "x", "command": "a", "oops": 1}]},
+        )
+        assert bad.is_error and "oops" in bad.content[0].text  # type: ignore[union-attr]
+    assert shown["config"]["max_tool_calls"] == 4
+
+
+async def test_an_mcp_client_approves_a_destructive_call_through_elicitation(
+    db_url: str, log: ToolLog, functions: list[str]
+) -> None:
+    from mcp import Client
+    from mcp_types import ElicitResult
+
+    from qmcp_server.server import build_server
+
+    asked: list[str] = []
+
+    async def elicit(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"approve": True})
+
+    model = use(functions, "mcp_wrecker", [("delete_everything", {"reason": "asked"})])
+    await solo(db_url, "mcp_wrecker", model, [stdio_server(log)])
+    async with Client(build_server(db_url), mode="legacy", elicitation_callback=elicit) as client:
+        result = await client.call_tool(
+            "topologies_run", {"topology": "mcp_wrecker_solo", "input": {"prompt": "go"}}
+        )
+    outcome = result.structured_content
+    assert outcome is not None and outcome["status"] == "completed", outcome
+    assert "t.delete_everything" in asked[0] and '"reason": "asked"' in asked[0]
+    assert [c["tool"] for c in log.calls()] == ["delete_everything"]
+    (approval,) = await service.list_approvals("approved", db_url=db_url)
+    assert approval.decided_by == "elicitation"
