@@ -526,3 +526,29 @@ async def test_an_mcp_client_approves_a_destructive_call_through_elicitation(
     assert [c["tool"] for c in log.calls()] == ["delete_everything"]
     (approval,) = await service.list_approvals("approved", db_url=db_url)
     assert approval.decided_by == "elicitation"
+
+
+async def test_a_read_only_call_in_flight_when_the_run_stopped_is_made_again_by_itself(
+    db_url: str, log: ToolLog, functions: list[str], tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    model = use(functions, "peeker", [("peek", {"label": "p"})])
+    server = stdio_server(log, env={"TOOL_SERVER_GATE": str(gate)})
+    topology = await solo(db_url, "peeker", model, [server])
+    started = await service.start_run(topology, {"prompt": "go"}, db_url=db_url)
+    task = asyncio.create_task(service.finish_run(started))
+    for _ in range(400):
+        if log.calls("peek"):
+            break
+        await asyncio.sleep(0.025)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rows = await Store(db_url).tool_calls(started.execution_id)
+    assert [r["status"] for r in rows.values()] == ["running"]
+    gate.unlink()
+    done = await service.resume_execution(started.execution_id, db_url=db_url)
+    assert done.status == "completed", done.error
+    assert "peeked: p" in done.output["content"]
+    assert len(log.calls("peek")) == 2 and await service.list_approvals(db_url=db_url) == []

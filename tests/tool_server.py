@@ -68,6 +68,16 @@ def gate(label: str) -> str:
     return f"passed the gate: {label}"
 
 
+@server.tool(annotations=READ_ONLY)
+def peek(label: str) -> str:
+    """Like `gate`, but read-only: safe to make again."""
+    _log("peek", {"label": label})
+    path = os.environ.get("TOOL_SERVER_GATE")
+    while path and Path(path).exists():
+        time.sleep(0.05)
+    return f"peeked: {label}"
+
+
 @server.tool(annotations=DESTROYS)
 def delete_everything(reason: str) -> str:
     """Delete every note (destructive)."""
