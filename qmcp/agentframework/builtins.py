@@ -32,9 +32,9 @@ from qmcp.agentframework.topologies import BUILTIN_KINDS, TopologyRegistry
 
 def register() -> None:
     ProviderRegistry.register("anthropic", AnthropicProvider)
-    ProviderRegistry.register("openai", OpenAIProvider)
     ProviderRegistry.register("offline", OfflineProvider)
     ProviderRegistry.register("function", FunctionProvider)
+    ProviderRegistry.register("openai", OpenAIProvider)
     for mixin in (ToolUse, Reasoning, StructuredOutput, Memory, HumanInLoop):
         MixinRegistry.add(mixin)
     for kind in BUILTIN_KINDS:
