@@ -15,7 +15,7 @@ def serve(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -
 
     configure_logging()
     try:
-        server = build_server()
+        server = build_server(remote=transport != "stdio")
     except QmcpError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None

@@ -79,10 +79,12 @@ class QmcpServer(MCPServer):
             raise MCPError(code=INTERNAL_ERROR, message=str(exc)) from None
 
 
-def build_server(db_url: str | None = None) -> MCPServer:
+def build_server(db_url: str | None = None, *, remote: bool = False) -> MCPServer:
     """A server over the database at `db_url` (default: QMCP_DATABASE_URL, else qmcp.db in the
-    per-user data directory)."""
-    state = ServerState(db_url)
+    per-user data directory). `remote`: its clients reach it over HTTP, so agents they create
+    may not start programs on this machine (tool servers with a command) unless
+    QMCP_ALLOW_REMOTE_TOOL_COMMANDS=1."""
+    state = ServerState(db_url, remote=remote)
     # Registering loads no plugins; the registries load them (QMCP_PLUGINS included) on their
     # first look-up, which a tool call makes, so `tools/list` pays for none of them.
     ProviderRegistry.register("sampling", SamplingProvider)

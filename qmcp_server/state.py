@@ -14,3 +14,4 @@ class ServerState:
 
     db_url: str | None = None
     runs: BackgroundRuns = field(default_factory=BackgroundRuns)
+    remote: bool = False  # clients reach it over HTTP (see `build_server`)

@@ -143,8 +143,16 @@ def test_models_test_uses_the_named_key_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with ChatAPIServer(key=KEY) as api:
-        monkeypatch.setenv("VLLM_KEY", KEY)
-        cli("models", "test", "openai:m", "--base-url", api.base_url, "--api-key-env", "VLLM_KEY")
+        monkeypatch.setenv("VLLM_API_KEY", KEY)
+        cli(
+            "models",
+            "test",
+            "openai:m",
+            "--base-url",
+            api.base_url,
+            "--api-key-env",
+            "VLLM_API_KEY",
+        )
         assert api.requests[0]["headers"]["authorization"] == f"Bearer {KEY}"
         failed = cli(
             "models",
@@ -153,10 +161,10 @@ def test_models_test_uses_the_named_key_variable(
             "--base-url",
             api.base_url,
             "--api-key-env",
-            "NOPE",
+            "NOPE_API_KEY",
             code=1,
         )
-    assert "NOPE is not set" in failed.stderr
+    assert "NOPE_API_KEY is not set" in failed.stderr
     assert len(api.requests) == 1
 
 
@@ -216,10 +224,10 @@ def test_an_agent_with_its_own_endpoint_runs_from_the_cli(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with ChatAPIServer(key=KEY) as api:
-        monkeypatch.setenv("LOCAL_KEY", KEY)
+        monkeypatch.setenv("LOCAL_API_KEY", KEY)
         cli(
             "agents", "create", "local", "executor", "--model", "openai:llama3.2",
-            "--base-url", api.base_url, "--api-key-env", "LOCAL_KEY", "--temperature", "0.2",
+            "--base-url", api.base_url, "--api-key-env", "LOCAL_API_KEY", "--temperature", "0.2",
         )  # fmt: skip
         cli("agents", "topologies", "create", "solo", "pipeline", "--slot", "stage_0=local")
         out = cli(

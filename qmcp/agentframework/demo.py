@@ -107,15 +107,12 @@ async def run_demo(json_output: bool = False, db_url: str | None = None) -> list
             continue
         console.rule(f"{name} on {runner_type}: {result.status} in {result.duration_ms} ms")
         for invocation in invocations:
+            tool_calls = (invocation.output or {}).get("tool_calls")
             console.print(
                 f"  [dim]{invocation.key:<14}[/] {invocation.agent_name:<18} "
                 f"{invocation.status.value:<9} {invocation.duration_ms:7.1f} ms "
                 f"in {invocation.input_tokens} / out {invocation.output_tokens} tokens"
-                + (
-                    f", {invocation.output['tool_calls']} tool call(s)"
-                    if (invocation.output or {}).get("tool_calls")
-                    else ""
-                )
+                + (f", {tool_calls} tool call(s)" if tool_calls else "")
             )
         console.print(
             (result.output or {}).get("content", result.error or ""), markup=False, emoji=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
@@ -90,9 +91,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=[c.model_dump() for c in capabilities or []],
-            tools=None
-            if tools is None
-            else [t.model_dump(mode="json", exclude_unset=True) for t in tools],
+            tools=_servers(state, tools),
             max_tool_calls=max_tool_calls,
             fallback_models=fallback_models,
             base_url=base_url,
@@ -167,9 +166,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             temperature=temperature,
             max_tokens=max_tokens,
             capabilities=None if capabilities is None else [c.model_dump() for c in capabilities],
-            tools=None
-            if tools is None
-            else [t.model_dump(mode="json", exclude_unset=True) for t in tools],
+            tools=_servers(state, tools),
             max_tool_calls=max_tool_calls,
             fallback_models=fallback_models,
             base_url=base_url,
@@ -188,6 +185,20 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         return Deleted(name=name, message=f"deleted agent {name!r}")
 
 
-def _servers(tools: list[ToolServerArg] | None) -> list[dict[str, Any]] | None:
-    """The servers as the service takes them (the fields given, checked there in full)."""
-    return None if tools is None else [t.model_dump(mode="json", exclude_unset=True) for t in tools]
+def _servers(state: ServerState, tools: list[ToolServerArg] | None) -> list[dict[str, Any]] | None:
+    """The servers as the service takes them (the fields given, checked there in full). Over
+    HTTP, a client may not make this machine start a program (a stdio server's command) unless
+    the operator allows it."""
+    if tools is None:
+        return None
+    commands = [t.name for t in tools if t.command is not None]
+    if commands and state.remote and os.environ.get("QMCP_ALLOW_REMOTE_TOOL_COMMANDS") != "1":
+        from qmcp.agentframework.errors import ValidationError
+
+        raise ValidationError(
+            f"tool server {commands[0]!r} has a command, and this server is reached over HTTP: "
+            "an agent created here may not start programs on the server's machine. Give a url "
+            "(streamable HTTP) server, create the agent with the qmcp CLI on that machine, or "
+            "start the server with QMCP_ALLOW_REMOTE_TOOL_COMMANDS=1"
+        )
+    return [t.model_dump(mode="json", exclude_unset=True) for t in tools]

@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qmcp.agentframework.errors import ValidationError, known
+
+# Which of this machine's variables an agent config may send somewhere (a model endpoint's key,
+# a tool server's header or environment): names ending in these, or listed in QMCP_KEY_VARIABLES
+# (comma-separated). Anything else (AWS_SECRET_ACCESS_KEY, DATABASE_URL, ...) stays here, so an
+# agent created by a client cannot carry another secret of this machine to a URL it chose.
+SENDABLE_SUFFIXES = ("_API_KEY", "_TOKEN")
+_NEVER_SENT_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCP_", "QMCP_", "METAFLOW_")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def sendable_variable(name: str) -> bool:
+    """Whether an agent config may name the environment variable `name` as a secret to send."""
+    listed = {v.strip() for v in os.environ.get("QMCP_KEY_VARIABLES", "").split(",") if v.strip()}
+    if name in listed:
+        return True
+    upper = name.upper()
+    return upper.endswith(SENDABLE_SUFFIXES) and not upper.startswith(_NEVER_SENT_PREFIXES)
+
+
+def unsendable_message(name: str, where: str = "") -> str:
+    return (
+        f"{where + ': ' if where else ''}the variable {name} may not be sent anywhere by an "
+        "agent config: only variables whose names end in _API_KEY or _TOKEN (cloud credentials "
+        "and qmcp's own excepted) or that QMCP_KEY_VARIABLES lists (comma-separated, set where "
+        "qmcp runs) may"
+    )
+
 
 # Built in: anthropic, openai, offline, function, and sampling (in the server); plugins add more.
 BUILTIN_PROVIDERS = ("anthropic", "openai", "offline", "function", "sampling")
@@ -38,6 +66,13 @@ class ModelConfig(BaseModel):
         description="the NAME of the environment variable that holds this endpoint's key "
         "(never the key itself); default: the provider's own (OPENAI_API_KEY, ANTHROPIC_API_KEY)",
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _sendable(cls, value: str | None) -> str | None:
+        if value is not None and not sendable_variable(value):
+            raise ValueError(unsendable_message(value))
+        return value
 
     @property
     def label(self) -> str:
@@ -175,6 +210,12 @@ class ToolServer(BaseModel):
             )
         if self.command is not None and self.headers:
             raise ValueError(f"tool server {self.name!r}: headers are for HTTP servers (a url)")
+        for kind, values in (("env", self.env), ("header", self.headers)):
+            for key, text in values.items():
+                for name in ENV_REFERENCE.findall(text):
+                    if not sendable_variable(name):
+                        where = f"tool server {self.name!r}: {kind} {key}"
+                        raise ValueError(unsendable_message(name, where))
         both = sorted(set(self.allow or []) & set(self.deny))
         if both:
             raise ValueError(

@@ -34,6 +34,7 @@ from qmcp.agentframework.errors import ProviderError
 from qmcp.agentframework.human import AwaitingHuman, human_channel
 from qmcp.agentframework.llm import ToolResultBlock, ToolSpec, ToolUseBlock
 from qmcp.agentframework.models import Approval, ToolServer, utcnow
+from qmcp.agentframework.models.config import sendable_variable, unsendable_message
 
 if TYPE_CHECKING:
     import uuid
@@ -65,6 +66,8 @@ def expand(value: str, server: ToolServer, where: str) -> str:
 
     def lookup(match: re.Match[str]) -> str:
         name = match.group(1)
+        if not sendable_variable(name):  # checked at creation; the environment may differ here
+            raise ToolServerError(unsendable_message(name, f"tool server {server.name!r}: {where}"))
         found = os.environ.get(name)
         if found is None:
             raise ToolServerError(
