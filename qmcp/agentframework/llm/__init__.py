@@ -15,16 +15,24 @@ from qmcp.agentframework.llm.base import (
     ToolUseBlock,
     count_tokens,
 )
+from qmcp.agentframework.llm.fallback import Candidate, FallbackProvider
 from qmcp.agentframework.llm.function import (
     FunctionProvider,
     register_function,
     unregister_function,
+)
+from qmcp.agentframework.llm.limits import (
+    AdaptiveLimiter,
+    RateLimited,
+    limiter_for,
+    reset_limiters,
 )
 from qmcp.agentframework.llm.offline import OfflineProvider
 from qmcp.agentframework.llm.openai_provider import OpenAIProvider
 from qmcp.agentframework.llm.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 from qmcp.agentframework.llm.redaction import redact
 from qmcp.agentframework.llm.wrappers import (
+    AdaptiveLimitedProvider,
     Attempt,
     LimitedProvider,
     RecordingProvider,
@@ -37,9 +45,13 @@ from qmcp.agentframework.llm.wrappers import (
 __all__ = [
     "PRICES_AS_OF",
     "PRICES_SOURCE",
+    "AdaptiveLimitedProvider",
+    "AdaptiveLimiter",
     "AnthropicProvider",
     "Attempt",
     "Block",
+    "Candidate",
+    "FallbackProvider",
     "FunctionProvider",
     "LLMRequest",
     "LLMResponse",
@@ -50,6 +62,7 @@ __all__ = [
     "Provider",
     "ProviderCapabilities",
     "ProviderRegistry",
+    "RateLimited",
     "RecordingProvider",
     "RetryPolicy",
     "RetryingProvider",
@@ -61,7 +74,9 @@ __all__ = [
     "WrapperProvider",
     "count_tokens",
     "estimate_cost",
+    "limiter_for",
     "redact",
     "register_function",
+    "reset_limiters",
     "unregister_function",
 ]

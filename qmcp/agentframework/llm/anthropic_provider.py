@@ -23,12 +23,14 @@ from qmcp.agentframework.llm.base import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from qmcp.agentframework.llm.limits import RateLimited
 from qmcp.agentframework.llm.redaction import redact
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+LOAD_STATUS = {429, 529}  # rate limited, overloaded: the endpoint's limiter slows down
 
 
 class AnthropicProvider:
@@ -92,6 +94,13 @@ class AnthropicProvider:
         try:
             message = await client.messages.create(**kwargs)
         except anthropic.APIStatusError as exc:
+            if exc.status_code in LOAD_STATUS:
+                raise RateLimited(
+                    _status_reason(exc),
+                    retry_after=_retry_after(exc),
+                    provider=self.name,
+                    status=exc.status_code,
+                ) from None
             raise ProviderError(
                 _status_reason(exc),
                 retryable=exc.status_code in TRANSIENT_STATUS,

@@ -137,6 +137,10 @@ class LLMResponse(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     stop_reason: str | None = None
+    # Prompt caching: the parts of `input_tokens` (which counts every input token) that were
+    # read from the provider's cache and written to it; they are priced at the cache rates.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @model_validator(mode="after")
     def _blocks_and_text(self) -> LLMResponse:

@@ -2,8 +2,10 @@
 
 An agent's provider chain, outermost first: `RetryingProvider` (transient errors only, honouring
 Retry-After) → `RecordingProvider` (every attempt reported as it ends) → `LimitedProvider` (the
-concurrency bound) → `TimeoutProvider` → the provider itself. Each wrapper is a `Provider`, so a
-chain can be wrapped again (fallback, adaptive limits) without the engine knowing.
+run's concurrency bound) → `AdaptiveLimitedProvider` (the endpoint's limit, shared by every run in
+the process) → `TimeoutProvider` → the provider itself; with fallback models, one such chain per
+model under a `FallbackProvider` (`llm/fallback.py`). Each wrapper is a `Provider`, so a chain can
+be wrapped again without the engine knowing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 
 from qmcp.agentframework.errors import ProviderError
 from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, Provider, ProviderCapabilities
+from qmcp.agentframework.llm.limits import AdaptiveLimiter, Outcome, RateLimited, limiter_for
 
 
 class WrapperProvider:
@@ -69,6 +72,31 @@ class LimitedProvider(WrapperProvider):
             return await self.wrapped.complete(request)
 
 
+class AdaptiveLimitedProvider(WrapperProvider):
+    """Calls go through their endpoint's `AdaptiveLimiter` (`llm/limits.py`), which learns from
+    the provider's refusals how many it admits at once; `limiter` fixes one (tests)."""
+
+    def __init__(self, wrapped: Provider, limiter: AdaptiveLimiter | None = None) -> None:
+        super().__init__(wrapped)
+        self.limiter = limiter
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        limiter = self.limiter or limiter_for(self.name, request.base_url)
+        token = await limiter.acquire()
+        outcome: Outcome = "other"
+        try:
+            response = await self.wrapped.complete(request)
+        except RateLimited as exc:
+            outcome = "rate_limited"
+            exc.flow_control = limiter.release(token, outcome, exc.retry_after)
+            raise
+        except BaseException:
+            limiter.release(token, outcome)
+            raise
+        limiter.release(token, "ok")
+        return response
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One call of the provider, answered or failed."""
@@ -111,9 +139,17 @@ class RecordingProvider(WrapperProvider):
 @dataclass(frozen=True)
 class RetryPolicy:
     """How transient errors are retried: exponential backoff with jitter, or what the
-    provider's Retry-After says (capped). Permanent errors are never retried."""
+    provider's Retry-After says (capped). Permanent errors are never retried.
+
+    A refusal for load that the endpoint's limiter answered by lowering the concurrency (a
+    `RateLimited` with `flow_control`: other calls were in flight) is flow control, not a
+    failure: up to `max_rate_limit_retries` of them are retried without using up
+    `max_retries`, so a wide fan-out converges on what the provider admits. A refusal of a lone
+    call counts as any transient error.
+    """
 
     max_retries: int = 3
+    max_rate_limit_retries: int = 20
     base_seconds: float = 0.25
     max_seconds: float = 8.0
     max_retry_after_seconds: float = 60.0
@@ -140,15 +176,23 @@ class RetryingProvider(WrapperProvider):
         self.on_retry = on_retry
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        retry = 0
+        retry = shed = 0  # retries that count; flow-control retries (see RetryPolicy)
         while True:
             try:
                 return await self.wrapped.complete(request)
             except ProviderError as exc:
-                if not exc.retryable or retry >= self.policy.max_retries:
+                if not exc.retryable:
                     raise
-                delay = self.policy.delay(retry, exc)
-                retry += 1
+                if isinstance(exc, RateLimited) and exc.flow_control:
+                    if shed >= self.policy.max_rate_limit_retries:
+                        raise
+                    delay = self.policy.delay(shed, exc)
+                    shed += 1
+                else:
+                    if retry >= self.policy.max_retries:
+                        raise
+                    delay = self.policy.delay(retry, exc)
+                    retry += 1
                 if self.on_retry is not None:
-                    await self.on_retry(exc, retry, delay)
+                    await self.on_retry(exc, retry + shed, delay)
                 await asyncio.sleep(delay)

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from qmcp.agentframework.errors import InvocationFailed, ProviderError, QmcpError
 from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.llm import (
+    AdaptiveLimitedProvider,
     Attempt,
+    Candidate,
+    FallbackProvider,
     LimitedProvider,
     LLMRequest,
     LLMResponse,
@@ -37,6 +40,7 @@ from qmcp.agentframework.llm import (
     RetryPolicy,
     TimeoutProvider,
     estimate_cost,
+    limiter_for,
 )
 from qmcp.agentframework.mixins import (
     Mixin,
@@ -53,6 +57,7 @@ from qmcp.agentframework.models import (
     utcnow,
 )
 from qmcp.agentframework.prompts import system_prompt_for
+from qmcp.agentframework.runners.config import BudgetExceeded
 from qmcp.agentframework.text import render_payload
 from qmcp.agentframework.tools import (
     Conversation,
@@ -212,7 +217,12 @@ class Engine:
         self._commits: set[asyncio.Future[None]] = set()
         self._attempts: dict[str, int] = dict(attempts or {})  # a resume numbers on
         self._setups: dict[int, AgentSetup] = dict(setups or {})
-        self._inline: dict[int, bool] = {}  # per agent setup: does its provider answer inline
+        self._inline: dict[tuple[str, str], bool] = {}  # per model: does it answer inline
+        # The budget's account: what this run spent (the execution's earlier spending is read
+        # from the store at the first check).
+        self.spent_usd = 0.0
+        self.spent_tokens = 0
+        self._spent_before: asyncio.Future[dict[str, Any]] | None = None
         self.root = Scope(self, agents)
 
     # -- RunContext (the root scope) ---------------------------------------------------------
@@ -276,6 +286,7 @@ class Engine:
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return await self._gated(agent, slot, key, cached)
         setup = self._agent_setup(agent)
+        await self._check_budget(agent, slot, key, setup)
         model = setup.config.model_config_obj
         mixin_ctx = MixinContext(self.execution_id, self.store, agent, slot, key)
         request = LLMRequest(
@@ -353,28 +364,83 @@ class Engine:
             await self._emit("completed", key, slot, agent.name, call.attempt, call.ms())
             return await self._gated(agent, slot, key, output)
 
-    def _chain(self, setup: AgentSetup, call: _Call, retries: int | None) -> Provider:
-        """The agent's provider wrapped for this invocation. A provider that answers inline gets
-        no timeout and no concurrency slot: there is nothing either could bound."""
+    async def _check_budget(self, agent: AgentType, slot: str, key: str, setup: AgentSetup) -> None:
+        """Stop the run before an invocation its budget no longer covers: once the execution
+        (earlier segments of a resume included) has spent `RunConfig.max_cost_usd` or used
+        `max_total_tokens`. Recorded as this invocation's failed attempt; the whole run fails,
+        resumable with a larger budget."""
+        cfg = self.config
+        if cfg.max_cost_usd is None and cfg.max_total_tokens is None:
+            return
+        if self._spent_before is None:
+            self._spent_before = asyncio.ensure_future(self.store.totals(self.execution_id))
+        before = await asyncio.shield(self._spent_before)
+        usd = float(before["cost_usd"] or 0.0) + self.spent_usd
+        tokens = int(before["input_tokens"]) + int(before["output_tokens"]) + self.spent_tokens
+        if cfg.max_cost_usd is not None and usd >= cfg.max_cost_usd:
+            spent, option = f"${usd:.6f} spent of max_cost_usd ${cfg.max_cost_usd:g}", "cost-usd"
+        elif cfg.max_total_tokens is not None and tokens >= cfg.max_total_tokens:
+            spent = f"{tokens} tokens used of max_total_tokens {cfg.max_total_tokens}"
+            option = "total-tokens"
+        else:
+            return
+        error = (
+            f"budget exceeded: {spent}, before invocation {key!r}; resume with a larger "
+            f"budget: `qmcp executions resume {self.execution_id} --max-{option} …`"
+        )
         model = setup.config.model_config_obj
-        provider: Provider = ProviderRegistry.provider(model.provider)
-        inline = self._inline.get(id(setup))
-        if inline is None:
-            inline = self._inline[id(setup)] = provider.capabilities(model.model).answers_inline
-        if not inline:
-            # A moment beyond the agent's timeout, so a provider that times its own requests
-            # (an SDK) reports it in its own words.
-            provider = TimeoutProvider(provider, setup.config.timeout_seconds + 1.0)
-            if self.limiter is not None:
-                provider = LimitedProvider(provider, self.limiter)
-        provider = RecordingProvider(provider, call.attempted)
+        call = _Call(self, agent, slot, key, model.provider, model.label)
+        row = call._row(error, 0.0, utcnow(), [])
+        await self._record(row)
+        await call.failed(error)
+        raise BudgetExceeded(error)
+
+    def _chain(self, setup: AgentSetup, call: _Call, retries: int | None) -> Provider:
+        """The agent's provider wrapped for this invocation: retry → record → the run's limit →
+        the endpoint's adaptive limit → timeout → provider, one such chain per model when the
+        agent has fallback models (each with its own retries). A provider that answers inline
+        gets no timeout and no limits: there is nothing they could bound."""
         cfg = self.config
         budget = cfg.max_retries if cfg.retry_on_failure else 0
         if retries is not None:
             budget = min(budget, retries)
-        if budget > 0:
-            provider = RetryingProvider(provider, RetryPolicy(max_retries=budget), call.retrying)
-        return provider
+        models = [setup.config.model_config_obj, *setup.config.fallback_models]
+        candidates: list[Candidate] = []
+        for index, model in enumerate(models):
+            provider: Provider = ProviderRegistry.provider(model.provider)
+            inline = self._inline.get((model.provider, model.model))
+            if inline is None:
+                inline = provider.capabilities(model.model).answers_inline
+                self._inline[(model.provider, model.model)] = inline
+            if not inline:
+                # A moment beyond the agent's timeout, so a provider that times its own requests
+                # (an SDK) reports it in its own words.
+                provider = TimeoutProvider(provider, setup.config.timeout_seconds + 1.0)
+                provider = AdaptiveLimitedProvider(
+                    provider, limiter_for(model.provider, model.base_url)
+                )
+                if self.limiter is not None:
+                    provider = LimitedProvider(provider, self.limiter)
+            provider = RecordingProvider(provider, call.attempted)
+            # Flow-control retries (a refusal the endpoint's limiter answered) need the retrying
+            # wrapper even with no retries left for failures.
+            if budget > 0 or (cfg.retry_on_failure and not inline):
+                provider = RetryingProvider(
+                    provider, RetryPolicy(max_retries=budget), call.retrying
+                )
+            if len(models) == 1:
+                return provider
+            changes = (
+                {}
+                if index == 0
+                else {
+                    "model": model.model,
+                    "base_url": model.base_url,
+                    "api_key_env": model.api_key_env,
+                }
+            )
+            candidates.append(Candidate(model.label, provider, changes))
+        return FallbackProvider(candidates, call.falling_back)
 
     def _toolbox(self, setup: AgentSetup, agent: AgentType, key: str) -> Toolbox | None:
         """The tools of this invocation: a toolbox given in code, else the agent's MCP servers
@@ -593,6 +659,8 @@ class _Call:
         self.request: LLMRequest | None = None
         self.started: datetime = utcnow()
         self.t0 = time.perf_counter()
+        self.fallbacks: list[dict[str, str]] = []  # the models that did not answer, and why
+        self.cache_read = self.cache_write = 0  # prompt-cache tokens of the answered calls
 
     def begin(self, request: LLMRequest) -> None:
         self.request, self.started, self.t0 = request, utcnow(), time.perf_counter()
@@ -634,6 +702,9 @@ class _Call:
 
     async def attempted(self, attempt: Attempt) -> None:
         """The provider chain reports each call; a failed one is a failed attempt's row."""
+        if attempt.response is not None:
+            self.cache_read += attempt.response.cache_read_tokens
+            self.cache_write += attempt.response.cache_write_tokens
         if attempt.error is None:
             return
         error = str(attempt.error)
@@ -653,6 +724,20 @@ class _Call:
             "retrying", self.key, self.slot, self.agent.name, self.attempt, None, str(error)
         )
 
+    async def falling_back(self, failed: Candidate, error: ProviderError, to: Candidate) -> None:
+        """A model failed for good and the next answers: the rows from here on are its own."""
+        self.fallbacks.append({"model": failed.label, "error": str(error)})
+        self.provider, self.label = to.provider.name, to.label
+        await self.engine._emit(
+            "retrying",
+            self.key,
+            self.slot,
+            self.agent.name,
+            self.attempt,
+            None,
+            f"{failed.label} failed ({error}); falling back to {to.label}",
+        )
+
     async def record(
         self,
         output: dict[str, Any] | None,
@@ -665,12 +750,26 @@ class _Call:
         row = self._row(error, self.ms(), self.started, [*asked, *conversation.turns])
         label = self.label if self.provider != "anthropic" else response.model
         tokens_in, tokens_out = conversation.input_tokens, conversation.output_tokens
+        cache_read, cache_write = self.cache_read, self.cache_write
+        self.cache_read = self.cache_write = 0  # a repair goes on with a row of its own
+        cost = estimate_cost(label, tokens_in, tokens_out, cache_read, cache_write)
+        if output is not None:
+            if self.fallbacks:
+                output["fallbacks"] = list(self.fallbacks)
+            if cache_read or cache_write:
+                # No columns for these yet: the output keeps them.
+                output["usage"] = {
+                    "cache_read_tokens": cache_read,
+                    "cache_write_tokens": cache_write,
+                }
         row.update(
             output=output,
             input_tokens=tokens_in,
             output_tokens=tokens_out,
-            cost_usd=estimate_cost(label, tokens_in, tokens_out),
+            cost_usd=cost,
         )
+        self.engine.spent_tokens += tokens_in + tokens_out
+        self.engine.spent_usd += cost or 0.0
         await self.engine._record(row)
         if error is not None:
             self._log(row["attempt"], error)
