@@ -45,7 +45,7 @@ DEMO_INPUT = {"prompt": "How should a small team adopt multi-agent LLM workflows
 # An agent that acts: it uses this project's own MCP server as its tools (two read-only ones),
 # started over stdio by the run and stopped when the run ends.
 DEMO_TOOL_AGENT = ("demo_scout", "specialist", "Looks up which runners qmcp has, with a tool")
-DEMO_TOOL_TOPOLOGY = (
+DEMO_TOOL_TOPOLOGY: tuple[str, str, dict[str, str], dict[str, Any], str] = (
     "demo_tools",
     "pipeline",
     {"scout": "demo_scout", "write": "demo_executor"},
