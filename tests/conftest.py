@@ -23,7 +23,11 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_AUTH_TOKEN",
         "ANTHROPIC_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
         "QMCP_DEFAULT_MODEL",
+        "QMCP_KEY_VARIABLES",
+        "QMCP_ALLOW_REMOTE_TOOL_COMMANDS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QMCP_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/agent.db")

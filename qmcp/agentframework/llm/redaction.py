@@ -10,8 +10,9 @@ import os
 import re
 
 REDACTED = "[redacted]"
-# The environment variables whose values are credentials (the Anthropic SDK reads both).
-SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+# The environment variables whose values are credentials (the Anthropic SDK reads the first two,
+# the OpenAI SDK the last).
+SECRET_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY")
 # Anything shaped like an API key: sk-ant-api03-…, sk-proj-…, sk-… (not "task-…" or "risk-…").
 KEY_PATTERN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}")
 MIN_SECRET = 8  # a shorter value is not worth masking everywhere it happens to appear

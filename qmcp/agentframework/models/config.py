@@ -256,7 +256,8 @@ class AgentConfig(BaseModel):
         default=None,
         ge=0.0,
         le=1.0,
-        description="for providers that take it (MCP sampling); the Anthropic API rejects it",
+        description="sent to providers that take it (openai, MCP sampling); the Anthropic API "
+        "rejects it",
     )
     max_tokens: int = Field(default=4096, ge=1, le=128_000)
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
