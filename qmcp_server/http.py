@@ -5,6 +5,11 @@ bearer token beyond it. This module never imports `qmcp_server.server`; it is ha
 be at least 32 characters; when it is set every request but `/health` must carry
 `Authorization: Bearer <token>` (the scheme in any case, as RFC 7235 has it). Extra Host header
 values (a reverse proxy's name) go in `QMCP_HTTP_ALLOWED_HOSTS`, comma-separated.
+
+The run view is served next to `/mcp` at `/executions` and `/executions/{id}`
+(`qmcp_server.ui.web`), behind the same Host checks and the same token; a browser signs in once
+with the token (a form, then an HttpOnly cookie for those pages only), since it cannot send a
+bearer header itself.
 """
 
 from __future__ import annotations
@@ -89,9 +94,12 @@ def build_http_app(
     *,
     token: str | None = None,
     json_response: bool = False,
+    db_url: str | None = None,
 ) -> ASGIApp:
-    """The ASGI app over `server`: MCP at /mcp, a health route at /health, bearer auth when a
-    token is set. Refuses to serve beyond loopback without a token of 32 characters or more."""
+    """The ASGI app over `server`: MCP at /mcp, a health route at /health, the run view at
+    /executions, bearer auth when a token is set. Refuses to serve beyond loopback without a
+    token of 32 characters or more. `db_url` is the database the view reads (None: the
+    default, as `build_server`'s)."""
     if host not in LOOPBACK and not token:
         raise ConfigurationError(
             f"refusing to serve HTTP on {host} without a token: set QMCP_HTTP_TOKEN to the "
@@ -109,10 +117,27 @@ def build_http_app(
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok", "server": "qmcp-server", "version": __version__})
 
+    from qmcp_server.ui.web import ViewAuth, views_app, with_views
+
+    settings = security_settings(host, port)
     app = server.streamable_http_app(
-        transport_security=security_settings(host, port), host=host, json_response=json_response
+        transport_security=settings, host=host, json_response=json_response
     )
-    return BearerTokenMiddleware(app, token) if token else app
+    views = views_app(
+        auth=ViewAuth(token), host_allowed=lambda h: host_allowed(settings, h), db_url=db_url
+    )
+    return with_views(BearerTokenMiddleware(app, token) if token else app, views)
+
+
+def host_allowed(settings: TransportSecuritySettings, host: str) -> bool:
+    """Whether a Host header is one `settings` admit, as the MCP transport decides it (an exact
+    value, or `name:*` for any port)."""
+    if not settings.enable_dns_rebinding_protection:
+        return True
+    for allowed in settings.allowed_hosts:
+        if host == allowed or (allowed.endswith(":*") and host.startswith(allowed[:-1])):
+            return True
+    return False
 
 
 def listening_url(host: str, port: int) -> str:

@@ -9,6 +9,7 @@ from mcp.server.mcpserver import MCPServer
 
 from qmcp_server.errors import resource_errors
 from qmcp_server.state import ServerState
+from qmcp_server.ui import VIEW_RESOURCE
 
 JSON = "application/json"
 
@@ -37,6 +38,15 @@ def register(mcp: MCPServer, state: ServerState) -> None:
 
         execution, invocations = await service.get_execution(execution_id, db_url)
         return _json(service.execution_to_dict(execution, invocations))
+
+    @mcp.resource(VIEW_RESOURCE, name="execution_view", mime_type=JSON)
+    @resource_errors
+    async def execution_view_resource(execution_id: str) -> str:
+        """An execution as the run view shows it: topology graph, invocation timeline, debate
+        rounds, cross-check verdicts, ensemble answers, approvals (what the MCP App reads)."""
+        from qmcp.agentframework import service
+
+        return _json(await service.execution_view(execution_id, db_url))
 
     @mcp.resource("qmcp://topologies/{name}", name="topology", mime_type=JSON)
     @resource_errors

@@ -24,7 +24,7 @@ from mcp_types import INTERNAL_ERROR, CallToolResult, GetPromptResult, InputRequ
 
 from qmcp import __version__
 from qmcp.agentframework.llm import ProviderRegistry
-from qmcp_server import prompts, resources, tools
+from qmcp_server import prompts, resources, tools, ui
 from qmcp_server.errors import invalid_params
 from qmcp_server.sampling import SamplingProvider
 from qmcp_server.state import ServerState
@@ -107,6 +107,7 @@ def build_server(db_url: str | None = None, *, remote: bool = False) -> MCPServe
         version=__version__,
         lifespan=lifespan,
         log_level=log_level(),
+        extensions=[ui.apps_extension()],  # the run view as an MCP App
     )
     tools.register(mcp, state)
     resources.register(mcp, state)

@@ -541,6 +541,12 @@ def topologies_run(
     ] = None,
     timeout: Annotated[int | None, typer.Option(help="seconds before the run stops")] = None,
     max_retries: Annotated[int | None, typer.Option(help="retries per failed invocation")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="budget: stop before an invocation once this much is spent")
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option(help="budget: stop before an invocation once this many are used")
+    ] = None,
     output_dir: Annotated[
         str | None,
         typer.Option(
@@ -562,12 +568,19 @@ def topologies_run(
         data = service.parse_json_object(input_json, "--input-json")
     except QmcpError as exc:
         _fail(str(exc))
-    flags = {"timeout_seconds": "--timeout", "max_retries": "--max-retries"}
-    overrides: dict[str, Any] = {}
-    if timeout is not None:
-        overrides["timeout_seconds"] = timeout
-    if max_retries is not None:
-        overrides["max_retries"] = max_retries
+    flags = {
+        "timeout_seconds": "--timeout",
+        "max_retries": "--max-retries",
+        "max_cost_usd": "--max-cost-usd",
+        "max_total_tokens": "--max-total-tokens",
+    }
+    given = {
+        "timeout_seconds": timeout,
+        "max_retries": max_retries,
+        "max_cost_usd": max_cost_usd,
+        "max_total_tokens": max_total_tokens,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     try:
         config = RunConfig.model_validate(overrides)
     except PydanticValidationError as exc:
@@ -591,10 +604,15 @@ def topologies_run(
 
 
 def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -> RunResult:
-    """Run with a live progress line on stderr; Ctrl-C cancels and records the run."""
+    """Run with a live progress line on stderr (invocations done / total, cost and tokens so
+    far); Ctrl-C cancels and records the run."""
+    import time
+    from contextlib import suppress
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from qmcp.agentframework import service
     from qmcp.agentframework.errors import QmcpError
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -602,20 +620,28 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[cost]}", markup=False),
         TimeElapsedColumn(),
         console=stderr,
         transient=True,
     )
-    task = progress.add_task("starting", total=None)
-    state: dict[str, Any] = {}
+    task = progress.add_task("starting", total=None, cost="")
+    state: dict[str, Any] = {"read_at": 0.0}
 
-    def on_event(event: Any) -> None:
+    async def on_event(event: Any) -> None:
         state["execution_id"] = event.execution_id
         verb = {"started": "running", "retrying": "retrying", "cached": "reused"}.get(event.kind)
         description = f"{verb} {event.key} ({event.agent})" if verb else f"{event.kind} {event.key}"
         progress.update(task, description=description, completed=event.done, total=event.total)
         if event.kind in ("failed", "retrying"):
             progress.console.print(_text((event.kind, "yellow"), f" {event.key}: {event.error}"))
+        # Cost so far, from the recorded invocations: read at most a few times a second.
+        now = time.monotonic()
+        if event.kind in ("completed", "failed") and now - state["read_at"] >= COST_READ_SECONDS:
+            state["read_at"] = now
+            with suppress(QmcpError):
+                totals = await service.execution_totals(event.execution_id)
+                progress.update(task, cost=_cost_so_far(totals))
 
     try:
         with progress:
@@ -628,6 +654,15 @@ def _run_with_progress(start: Callable[[Any], Coroutine[Any, Any, RunResult]]) -
         stderr.print(_text(("cancelled", "yellow"), hint))
         raise typer.Exit(130) from None
     raise AssertionError("unreachable")
+
+
+COST_READ_SECONDS = 0.25
+
+
+def _cost_so_far(totals: dict[str, Any]) -> str:
+    cost = totals.get("cost_usd")
+    spent = "cost unknown" if cost is None else f"${cost:.4f}"
+    return f"{spent} · {totals.get('input_tokens', 0)}+{totals.get('output_tokens', 0)} tokens"
 
 
 def _show_result(result: RunResult, fmt: str) -> None:
@@ -735,27 +770,84 @@ def executions_list(
 
 
 @executions_app.command("show")
-def executions_show(execution_id: str) -> None:
-    """Show an execution with every invocation."""
+def executions_show(
+    execution_id: str,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="tree, or json for the full record")
+    ] = "tree",
+) -> None:
+    """Show an execution: a tree of its topology, rounds, verdicts, members and invocations
+    (tokens, cost), or with --format json the full record with every invocation."""
     from qmcp.agentframework import service
 
-    execution, invocations = _call(lambda: service.get_execution(execution_id))
-    _print_json(service.execution_to_dict(execution, invocations))
+    if fmt not in ("tree", "table", "json"):
+        _fail(f"unknown format {fmt!r}; use tree or json")
+    if fmt == "json":
+        execution, invocations = _call(lambda: service.get_execution(execution_id))
+        _print_json(service.execution_to_dict(execution, invocations))
+        return
+    from qmcp_server.ui.tree import view_tree
+
+    _console().print(view_tree(_call(lambda: service.execution_view(execution_id))))
+
+
+@executions_app.command("view")
+def executions_view(
+    execution_id: str,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: a free one)")] = 0,
+    browser: Annotated[
+        bool, typer.Option("--browser/--no-browser", help="open the page in the browser")
+    ] = True,
+) -> None:
+    """Serve the live run view of an execution on 127.0.0.1 and open it in the browser (the
+    link works once, in one browser); Ctrl-C stops."""
+    from qmcp.agentframework import service
+    from qmcp_server.ui.web import serve_view
+
+    execution, _ = _call(lambda: service.get_execution(execution_id))
+    try:
+        serve_view(
+            str(execution.id),
+            port=port,
+            open_browser=browser,
+            db_url=os.environ.get("QMCP_DATABASE_URL") or None,
+            announce=lambda line: _console().print(_text(line)),
+        )
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; pick another --port")
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 @executions_app.command("resume")
 def executions_resume(
     execution_id: str,
     runner: Annotated[str | None, typer.Option(help="default: the runner it ran on")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(help="budget for the whole execution, earlier spending included")
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option(help="token budget for the whole execution, earlier use included")
+    ] = None,
     fmt: FormatOption = "table",
 ) -> None:
-    """Finish a failed, cancelled or interrupted execution without repeating completed calls."""
+    """Finish a failed, cancelled or interrupted execution without repeating completed calls
+    (one stopped by its budget: give a larger one)."""
+    from pydantic import ValidationError as PydanticValidationError
+
     from qmcp.agentframework import service
+    from qmcp.agentframework.errors import describe_validation_error
+    from qmcp.agentframework.service import RunConfig
 
     _check_format(fmt)
+    budget = {"max_cost_usd": max_cost_usd, "max_total_tokens": max_total_tokens}
+    try:
+        config = RunConfig.model_validate({k: v for k, v in budget.items() if v is not None})
+    except PydanticValidationError as exc:
+        _fail(f"invalid budget: {describe_validation_error(exc)}")
     result = _run_with_progress(
         lambda on_event: service.resume_execution(
-            execution_id, runner_type=runner, on_event=on_event
+            execution_id, runner_type=runner, config=config, on_event=on_event
         )
     )
     _show_result(result, fmt)

@@ -823,3 +823,68 @@ def _member_label(member: Any) -> str:
 
 def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# -- the run view ---------------------------------------------------------------------------
+
+
+async def execution_view(
+    execution_id: str | uuid.UUID, db_url: str | None = None
+) -> dict[str, Any]:
+    """An execution as the run view shows it (`qmcp.agentframework.view`): the topology as a
+    graph, the invocations as a timeline, debate rounds, cross-check verdicts, ensemble
+    answers and approvals. By id or a unique prefix of it; read again to follow a running one."""
+    from qmcp.agentframework.view import build_view
+
+    store = Store(db_url)
+    execution = await store.get_execution(execution_id)
+    rows = await store.invocations(execution.id)
+    gated = _gated_agents(execution.snapshot)
+    approvals = []
+    for key in dict.fromkeys(r.key for r in rows if r.agent_name in gated):
+        approval = await store.approval_for(execution.id, key)
+        if approval is not None:
+            approvals.append(approval_to_dict(approval))
+    in_flight: dict[str, dict[str, Any]] = {}
+    if execution.status == ExecutionStatus.RUNNING:
+        for key, turns in (await store.turns(execution.id)).items():
+            in_flight[key] = {
+                "turns": len(turns),
+                "tool_calls": sum(
+                    1
+                    for turn in turns
+                    if turn.get("role") == "assistant"
+                    for block in turn.get("content") or []
+                    if isinstance(block, dict) and block.get("type") == "tool_use"
+                ),
+            }
+    return build_view(
+        execution_to_dict(execution),
+        execution.snapshot or {},
+        [invocation_to_dict(r) for r in rows],
+        approvals,
+        in_flight,
+    )
+
+
+def _gated_agents(snapshot: Mapping[str, Any] | None) -> set[str]:
+    """Names of the snapshot's agents (nested topologies included) that ask for approvals."""
+    names: set[str] = set()
+    for member in ((snapshot or {}).get("agents") or {}).values():
+        if "subtopology" in member:
+            names |= _gated_agents(member["subtopology"])
+        elif any(
+            isinstance(c, dict) and c.get("name") == "human_in_loop" and c.get("enabled", True)
+            for c in (member.get("config") or {}).get("capabilities") or []
+        ):
+            names.add(str(member.get("name")))
+    return names
+
+
+async def execution_totals(
+    execution_id: str | uuid.UUID, db_url: str | None = None
+) -> dict[str, Any]:
+    """What an execution's recorded invocations add up to so far: invocation_count,
+    input_tokens, output_tokens, cost_usd (None while no invocation has a known cost)."""
+    store = Store(db_url)
+    return await store.totals(await store.resolve_execution_id(execution_id))

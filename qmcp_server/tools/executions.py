@@ -11,6 +11,7 @@ from qmcp_server.runs import launch
 from qmcp_server.schemas import CancelOutcome, ExecutionInfo, ExecutionList, RunOutcome, Status
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CANCEL, READ_ONLY, RUN, tool
+from qmcp_server.ui import view_tool
 
 
 def register(mcp: MCPServer, state: ServerState) -> None:
@@ -30,7 +31,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
             executions=[ExecutionInfo(**service.execution_to_dict(e)) for e in rows]
         )
 
-    @tool(mcp, READ_ONLY)
+    @view_tool(mcp, READ_ONLY)  # the MCP App shows the execution live (qmcp_server.ui)
     async def executions_get(
         execution_id: Annotated[str, Field(max_length=64)],
         include_invocations: bool = True,

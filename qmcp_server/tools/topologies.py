@@ -12,6 +12,7 @@ from qmcp_server.runs import launch
 from qmcp_server.schemas import Deleted, RunOutcome, TopologyInfo, TopologyList
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CREATE, DELETE, READ_ONLY, RUN, UPDATE, tool
+from qmcp_server.ui import view_tool
 
 RunnerName = Annotated[str, Field(description="local, async or metaflow (see runners_list)")]
 
@@ -110,7 +111,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         await service.delete_topology(name, db_url)
         return Deleted(name=name, message=f"deleted topology {name!r}")
 
-    @tool(mcp, RUN)
+    @view_tool(mcp, RUN)  # the MCP App shows the run live (qmcp_server.ui)
     async def topologies_run(
         topology: Annotated[str, Field(description="the topology's name", max_length=100)],
         input: Annotated[
