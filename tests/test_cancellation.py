@@ -15,7 +15,7 @@ import pytest
 from qmcp.agentframework import service
 from qmcp.agentframework.runners import RunConfig
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[1]
 QMCP = str(Path(sys.executable).parent / "qmcp")
 
@@ -92,12 +92,12 @@ def test_ctrl_c_cancels_records_and_resumes(db_url: str, tmp_path: Path) -> None
     assert child.returncode == 130, stderr
     ident = listed[0]["id"]
     assert f"qmcp executions resume {ident}" in stderr
-    record = json.loads(qmcp(environ, "executions", "show", ident).stdout)
+    record = json.loads(qmcp(environ, "executions", "show", ident, "--format", "json").stdout)
     assert record["status"] == "cancelled"
     (tmp_path / "awake").write_text("")
     resumed = qmcp(environ, "executions", "resume", ident)
     assert resumed.returncode == 0, resumed.stderr
-    record = json.loads(qmcp(environ, "executions", "show", ident).stdout)
+    record = json.loads(qmcp(environ, "executions", "show", ident, "--format", "json").stdout)
     assert record["status"] == "completed"
     assert sorted(i["key"] for i in record["invocations"] if i["status"] == "completed") == [
         "stage-0/a",

@@ -18,7 +18,7 @@ from mcp import Client
 from qmcp.agentframework import service
 from qmcp.agentframework.store import Store
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.postgres]
 BIN = Path(sys.executable).parent
 
 
@@ -104,7 +104,7 @@ asyncio.run(main())
 """
 
 
-async def test_processes_share_one_sqlite_file(db_url: str) -> None:
+async def test_processes_share_one_database(db_url: str) -> None:
     await service.create_agent("p_a", "executor", model="offline", db_url=db_url)
     await service.create_agent("p_b", "executor", model="offline", db_url=db_url)
     await service.create_topology("shared", "pipeline", {"a": "p_a", "b": "p_b"}, db_url=db_url)

@@ -143,8 +143,13 @@ def test_user_text_shows_verbatim_in_every_view(echo_model: Any, text: str) -> N
 
     executions = cli("executions", "list", "--topology", topology)
     assert ran_json["execution_id"] in executions.stdout, "executions list"
-    record = json.loads(cli("executions", "show", ran_json["execution_id"]).stdout)
-    assert record["output"]["content"] == text, "executions show"
+    record = json.loads(
+        cli("executions", "show", ran_json["execution_id"], "--format", "json").stdout
+    )
+    assert record["output"]["content"] == text, "executions show --format json"
+    tree = cli("executions", "show", ran_json["execution_id"])
+    assert tree.exit_code == 0, tree.output
+    assert f"output: {text}" in tree.stdout.splitlines()[-1], "executions show (the tree)"
 
     pending = cli("agents", "topologies", "run", gate, "-f", "json")
     assert pending.exit_code == 1

@@ -132,7 +132,7 @@ def test_cli_delete_unreferenced_and_refuse_referenced(db_url: str) -> None:
     assert "outer" not in cli("agents", "topologies", "list")
     # History survives: the execution and its snapshot are still there and readable.
     (execution,) = json.loads(cli("executions", "list", "--format", "json"))
-    shown = json.loads(cli("executions", "show", execution["id"]))
+    shown = json.loads(cli("executions", "show", execution["id"], "--format", "json"))
     assert shown["topology_name"] == "pipe"
     (snapshot,) = asyncio.run(snapshots(db_url))
     assert snapshot["agents"]["plan"]["name"] == "alice"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import uuid
 from datetime import timedelta
@@ -247,7 +246,7 @@ def test_cli_executions_show_takes_a_prefix(db_url: str) -> None:
 
     ident = asyncio.run(prepare())
     env = {"QMCP_DATABASE_URL": db_url}
-    shown = CliRunner().invoke(app, ["executions", "show", "0123a"], env=env)
+    shown = CliRunner().invoke(app, ["executions", "show", "0123a", "-f", "json"], env=env)
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["id"] == str(ident)
     ambiguous = CliRunner().invoke(app, ["executions", "show", "0123"], env=env)
@@ -310,19 +309,15 @@ async def test_prune_counts_the_rows_of_every_table(db_url: str, answers: Any) -
 
 # -- PostgreSQL: the same prefixes, refusals and checks -------------------------------------
 
-POSTGRES = os.environ.get("QMCP_TEST_POSTGRES_URL")  # e.g. postgresql+asyncpg://u@127.0.0.1/db
-
 
 @pytest.mark.anyio
-@pytest.mark.skipif(not POSTGRES, reason="set QMCP_TEST_POSTGRES_URL to test PostgreSQL")
-async def test_postgresql_prefixes_strict_json_nesting_and_prune() -> None:
-    """On a server of your own: a scratch database, created here and dropped after."""
+async def test_postgresql_prefixes_strict_json_nesting_and_prune(postgres_url: str) -> None:
+    """On the session's throwaway cluster: a scratch database, created here and dropped after."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    assert POSTGRES is not None
-    server = make_url(POSTGRES)
+    server = make_url(postgres_url)
     admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
     name = f"qmcp_test_{uuid.uuid4().hex[:12]}"
     async with admin.connect() as connection:

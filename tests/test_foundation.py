@@ -101,6 +101,7 @@ async def test_async_ensemble_takes_about_one_latency_and_respects_the_bound(db_
         unregister_function("slow")
 
 
+@pytest.mark.postgres
 async def test_retries_are_per_invocation_with_every_attempt_recorded(db_url: str) -> None:
     calls = {"n": 0}
 
@@ -136,6 +137,7 @@ async def test_retries_are_per_invocation_with_every_attempt_recorded(db_url: st
         unregister_function("flaky")
 
 
+@pytest.mark.postgres
 async def test_run_config_fields_are_honoured(db_url: str) -> None:
     register_function("echo", lambda r: f"echo {r.prompt}")
     try:
@@ -162,6 +164,7 @@ async def test_run_config_fields_are_honoured(db_url: str) -> None:
         unregister_function("echo")
 
 
+@pytest.mark.postgres
 async def test_bad_input_writes_nothing(db_url: str) -> None:
     register_function("echo", lambda r: "x")
     try:

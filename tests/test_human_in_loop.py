@@ -13,7 +13,7 @@ from qmcp.agentframework.errors import ConflictError
 from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
 from qmcp_server.server import build_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ async def exercise(client: Client) -> dict[str, Any]:
     return outcome
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("kwargs", MODES)
 async def test_stdio_subprocess(kwargs: dict[str, Any], db_url: str, tmp_path: Path) -> None:
     params = StdioServerParameters(

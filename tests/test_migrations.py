@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -279,17 +278,14 @@ def test_processes_starting_together_upgrade_once(start: str, tmp_path: Path) ->
     assert differences(path) == []
 
 
-POSTGRES = os.environ.get("QMCP_TEST_POSTGRES_URL")  # e.g. postgresql+asyncpg://u@127.0.0.1/db
-
-
-@pytest.mark.skipif(not POSTGRES, reason="set QMCP_TEST_POSTGRES_URL to test PostgreSQL")
-async def test_postgresql_is_created_at_head_and_upgrades_from_the_baseline() -> None:
-    """On a server of your own: two scratch databases, created here and dropped after."""
+async def test_postgresql_is_created_at_head_and_upgrades_from_the_baseline(
+    postgres_url: str,
+) -> None:
+    """On the session's throwaway cluster: two scratch databases, created here and dropped after."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    assert POSTGRES is not None
-    server = make_url(POSTGRES)
+    server = make_url(postgres_url)
     admin = create_async_engine(server, isolation_level="AUTOCOMMIT")
     names = [f"qmcp_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
     async with admin.connect() as connection:

@@ -275,6 +275,7 @@ def test_one_store_serves_successive_event_loops(db_url: str) -> None:
     asyncio.run(store.close())
 
 
+@pytest.mark.postgres
 async def test_finish_execution_writes_the_outcome_and_totals_once(db_url: str) -> None:
     store = Store(db_url)
     execution = await new_execution(store, owner="somebody:1:-")
@@ -320,6 +321,7 @@ async def test_finish_execution_writes_the_outcome_and_totals_once(db_url: str) 
     await store.close()
 
 
+@pytest.mark.postgres
 async def test_duration_is_the_sum_of_every_run_segment(db_url: str) -> None:
     """A failed then resumed execution's duration counts both runs, not only the last."""
     calls = {"n": 0}
@@ -370,6 +372,7 @@ def turn(execution_id: uuid.UUID, key: str, number: int, **extra: Any) -> dict[s
     }
 
 
+@pytest.mark.postgres
 async def test_turns_are_recorded_once_and_read_back_for_unfinished_keys(db_url: str) -> None:
     store = Store(db_url)
     execution = await new_execution(store)
@@ -405,6 +408,7 @@ async def test_turns_are_recorded_once_and_read_back_for_unfinished_keys(db_url:
     await store.close()
 
 
+@pytest.mark.postgres
 async def test_prune_deletes_turns_with_their_execution(db_url: str) -> None:
     store = Store(db_url)
     old = await new_execution(store)
