@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.errors import ProviderError
 from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, Provider, ProviderCapabilities
 from qmcp.agentframework.llm.limits import AdaptiveLimiter, Outcome, RateLimited, limiter_for
@@ -117,6 +118,12 @@ class RecordingProvider(WrapperProvider):
         self.on_attempt = on_attempt
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
+        with telemetry.chat_span(self.name, request) as span:  # a `chat` span per attempt
+            response = await self._attempt(request)
+            telemetry.answered(span, response)
+            return response
+
+    async def _attempt(self, request: LLMRequest) -> LLMResponse:
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         try:

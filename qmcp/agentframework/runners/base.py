@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 from sqlmodel import SQLModel
 
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.errors import (
     NotFoundError,
     QmcpError,
@@ -263,20 +264,26 @@ class BaseRunner:
         self, prepared: PreparedRun, *, on_event: EventHandler | None = None
     ) -> RunResult:
         """Run a started or claimed execution to its end and record the outcome."""
-        return await self._execute(
-            prepared.execution,
-            prepared.kind,
-            prepared.config,
-            prepared.agents,
-            prepared.input,
-            prepared.checkpoints,
-            on_event,
-            prepared.previous_ms,
-            prepared.setups,
-            prepared.turns,
-            prepared.attempts,
-            prepared.tool_calls,
-        )
+        execution = prepared.execution
+        with telemetry.execution_span(
+            execution.id, execution.topology_name, prepared.kind.type.value, self.runner_type
+        ) as span:
+            result = await self._execute(
+                execution,
+                prepared.kind,
+                prepared.config,
+                prepared.agents,
+                prepared.input,
+                prepared.checkpoints,
+                on_event,
+                prepared.previous_ms,
+                prepared.setups,
+                prepared.turns,
+                prepared.attempts,
+                prepared.tool_calls,
+            )
+            telemetry.ended(span, result.status.value, result.error)
+            return result
 
     # -- the run ----------------------------------------------------------------------------
 

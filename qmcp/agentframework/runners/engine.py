@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.errors import InvocationFailed, ProviderError, QmcpError
 from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.llm import (
@@ -266,6 +267,22 @@ class Engine:
         return await self.root.invoke(slot, payload, key=key, retries=retries)
 
     async def invoke_agent(
+        self,
+        agent: AgentType,
+        slot: str,
+        payload: Any,
+        key: str,
+        retries: int | None = None,
+    ) -> dict[str, Any]:
+        """`_invoke_agent` in an `invoke_agent` span (a wait for a human is no failure)."""
+        cached = key in self.checkpoints
+        span = telemetry.agent_span(
+            agent.name, key, slot, self.execution_id, cached, (AwaitingHuman,)
+        )
+        with span:
+            return await self._invoke_agent(agent, slot, payload, key, retries)
+
+    async def _invoke_agent(
         self,
         agent: AgentType,
         slot: str,

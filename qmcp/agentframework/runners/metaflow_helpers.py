@@ -26,9 +26,11 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.errors import ConflictError, RunnerError, TopologyFailed
 from qmcp.agentframework.plugins import load_plugins
 
@@ -192,7 +194,8 @@ def begin(spec: dict[str, Any], input_json: Any, execution_id: str, run_id: str)
             "clock": clock,
         }
 
-    state = asyncio.run(start())
+    with _traced_step(execution_id):
+        state = asyncio.run(start())
     _CURRENT["execution_id"] = state["execution_id"]
     return state
 
@@ -443,7 +446,30 @@ def _run(spec: dict[str, Any], state: State, work: Callable[[_Work], Awaitable[T
         async with Store() as store:
             return await work(_Work(spec, state, store))
 
-    return asyncio.run(main())
+    with _traced_step(state.get("execution_id")):
+        return asyncio.run(main())
+
+
+@contextmanager
+def _traced_step(execution_id: str | None) -> Iterator[None]:
+    """A step's span, in the execution's trace (the runner passes it in `TRACEPARENT`); the
+    step's spans are exported before its process ends."""
+    current: Any = getattr(sys.modules.get("metaflow"), "current", None)
+    in_flow = bool(getattr(current, "is_running_flow", False))
+    step = str(current.step_name) if in_flow else "step"
+    attributes = {"qmcp.execution.id": execution_id or ""}
+    if in_flow:
+        attributes |= {
+            "metaflow.flow_name": str(current.flow_name),
+            "metaflow.run_id": str(current.run_id),
+            "metaflow.step_name": step,
+            "metaflow.task_id": str(current.task_id),
+        }
+    try:
+        with telemetry.continued(f"metaflow {step}", attributes):
+            yield
+    finally:
+        telemetry.flush()
 
 
 def _copy(state: State) -> State:

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.errors import ValidationError
 from qmcp.agentframework.models import AgentType, ExecutionStatus, Topology, utcnow
 from qmcp.agentframework.runners.base import (
@@ -333,6 +334,7 @@ class MetaflowRunner(BaseRunner):
         env = {"QMCP_DATABASE_URL": self.store.url}
         if fallback_user:  # Metaflow refuses to run as root without a user name
             env["USERNAME"] = FALLBACK_USER
+        env.update(telemetry.carrier())  # the steps' spans join the execution's trace
         return env
 
     async def finish(
@@ -344,9 +346,17 @@ class MetaflowRunner(BaseRunner):
         runner configuration) runs a new flow over the same execution instead: its completed
         invocations are answered from their checkpoints, not asked again.
         """
+        execution = prepared.execution
         # Metaflow's Runner and Client in this process need a user name too, not only the flow's.
-        with _FallbackUser.scope() as fallback_user:
-            return await self._run_flow(prepared, fallback_user, on_event)
+        with (
+            _FallbackUser.scope() as fallback_user,
+            telemetry.execution_span(
+                execution.id, execution.topology_name, prepared.kind.type.value, self.runner_type
+            ) as span,
+        ):
+            result = await self._run_flow(prepared, fallback_user, on_event)
+            telemetry.ended(span, result.status.value, result.error)
+            return result
 
     async def _run_flow(
         self, prepared: PreparedRun, fallback_user: bool, on_event: EventHandler | None
