@@ -334,7 +334,7 @@ async def test_generated_flow_in_process_lands_every_key_in_a_declared_step(
     rows = await store.invocations(ident)
     assert record.status == "completed" and record.output == local.output
     assert keys_of(rows) == keys_of(await store.invocations(local.execution_id))
-    steps = record.snapshot["metaflow"]["steps"]
+    steps = await store.flow_steps(ident)
     assert steps == flow.state["steps"]
     check_steps(topology, agents, rows, steps)
     for step in set(steps.values()):  # a foreach step ran one task per branch
@@ -361,7 +361,7 @@ async def test_a_kind_without_a_flow_shape_runs_in_the_end_step(
     local = await LocalRunner(db_url=db_url).run(topology, agents, INPUT)
     assert flow.output == local.output and set(tasks) == {"start", "end"}
     record = await Store(db_url).get_execution(flow.state["execution_id"])
-    assert set(record.snapshot["metaflow"]["steps"].values()) == {END}
+    assert set((await Store(db_url).flow_steps(record.id)).values()) == {END}
 
 
 async def test_a_resume_without_its_flow_file_runs_a_new_flow_that_reuses_checkpoints(
@@ -391,7 +391,7 @@ async def test_a_resume_without_its_flow_file_runs_a_new_flow_that_reuses_checkp
     fresh = await runner._flow_file(execution)
     assert fresh["flow_file"] != info["flow_file"] and "run_id" not in fresh, "stale: a new flow"
     record = await store.get_execution(failed.execution_id)
-    assert record.snapshot["metaflow"] == fresh
+    assert (record.metaflow_flow_file, record.metaflow_run_id) == (fresh["flow_file"], None)
 
     (state_dir / "healed").write_text("yes")
     flow, _ = await asyncio.to_thread(
@@ -590,6 +590,7 @@ class Flowed:
     record: Any
     tasks: dict[str, int]  # Metaflow tasks per step of the flow's run
     cwd: Path
+    steps: dict[str, str]  # the flow step that answered each key (`Store.flow_steps`)
 
 
 def metaflow_tasks(datastore: Path, flow_file: str, run_id: str) -> dict[str, int]:
@@ -641,7 +642,6 @@ async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
                 topology, agents, data
             )
         record = await store.get_execution(flowed.execution_id)
-        info = record.snapshot.get("metaflow", {})
         return Flowed(
             topology,
             agents,
@@ -651,8 +651,9 @@ async def run_everywhere(root: Path, db_url: str) -> dict[str, Flowed]:
             await store.invocations(local.execution_id),
             await store.invocations(flowed.execution_id),
             record,
-            metaflow_tasks(root / "metaflow", info["flow_file"], info["run_id"]),
+            metaflow_tasks(root / "metaflow", record.metaflow_flow_file, record.metaflow_run_id),
             root,
+            await store.flow_steps(flowed.execution_id),
         )
 
     names = [*KINDS, "hostile", "tools"]
@@ -683,7 +684,7 @@ def test_hostile_names_and_text_are_data_not_code(flows: dict[str, Flowed], tmp_
     assert ran.flowed.output == ran.local.output
     assert HOSTILE[0] in ran.flowed.output["content"]
     assert HOSTILE_SLOT in ran.flowed.output["content"]
-    assert ran.record.snapshot["metaflow"]["steps"][HOSTILE_SLOT] == "s0_members"
+    assert ran.steps[HOSTILE_SLOT] == "s0_members"
     assert ran.tasks["s0_members"] == len(ran.agents), "a branch per member, the hostile one too"
     assert not (ran.cwd / "pwned").exists()
 
@@ -735,7 +736,7 @@ def test_every_key_lands_in_a_named_step_of_the_metaflow_run(
     name: str, flows: dict[str, Flowed]
 ) -> None:
     ran = flows[name]
-    steps = ran.record.snapshot["metaflow"]["steps"]
+    steps = ran.steps
     check_steps(ran.topology, ran.agents, ran.flow_rows, steps)
     for step in set(steps.values()):
         assert ran.tasks.get(step), f"the Metaflow run has no task of {step}"
@@ -802,7 +803,7 @@ async def test_resume_runs_only_what_did_not_finish(
     assert record.duration_ms is not None and record.duration_ms > first_segment, (
         "the duration sums both run segments"
     )
-    assert record.snapshot["metaflow"]["steps"] == {
+    assert await store.flow_steps(failed.execution_id) == {
         "stage-0/first": "s0_stage_0",
         "stage-1/second": "s1_stage_1",
         "stage-2/third": "s2_stage_2",
@@ -839,7 +840,7 @@ async def test_runs_with_no_user_name_as_the_readme_promises(
     local = await LocalRunner(db_url=db_url).run(topology, agents, {"prompt": "go"})
     assert result.output == local.output
     record = await Store(db_url).get_execution(result.execution_id)
-    assert record.snapshot["metaflow"]["run_id"], "the parent's Metaflow Client found the run"
+    assert record.metaflow_run_id, "the parent's Metaflow Client found the run"
     assert not any(name in os.environ for name in USER_NAMES), "the fallback name is scoped"
 
 

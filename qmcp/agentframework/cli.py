@@ -31,7 +31,7 @@ topologies_app = typer.Typer(
     help="Compose agents into topologies and run them.", no_args_is_help=True
 )
 executions_app = typer.Typer(
-    help="Recorded executions: list, show, resume, prune.", no_args_is_help=True
+    help="Recorded executions: list, show, cancel, resume, prune.", no_args_is_help=True
 )
 app.add_typer(agents_app, name="agents")
 agents_app.add_typer(topologies_app, name="topologies")
@@ -851,6 +851,22 @@ def executions_resume(
         )
     )
     _show_result(result, fmt)
+
+
+@executions_app.command("cancel")
+def executions_cancel(
+    execution_id: str,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="seconds to wait for the owner (default: two lease lengths)"),
+    ] = None,
+) -> None:
+    """Cancel a running execution from any process or host sharing the database: its owner
+    stops its calls and records it as cancelled (resumable)."""
+    from qmcp.agentframework import service
+
+    ident = _call(lambda: service.cancel_execution(execution_id, wait_seconds=wait))
+    _console().print(_text(f"cancelled {ident}; resume it with `qmcp executions resume {ident}`"))
 
 
 @executions_app.command("prune")

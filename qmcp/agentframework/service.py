@@ -5,6 +5,7 @@ Both front ends are thin wrappers over these functions, so they can never disagr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -45,7 +46,7 @@ from qmcp.agentframework.runners import (
 # speak; they import them from here, the layer they call.
 from qmcp.agentframework.runners.engine import EventHandler
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
-from qmcp.agentframework.store import Store
+from qmcp.agentframework.store import Store, lease_seconds
 from qmcp.agentframework.store.core import PruneResult
 from qmcp.agentframework.text import describe_bad_json, lone_surrogate
 from qmcp.agentframework.topologies import SubTopology, TopologyRegistry
@@ -644,24 +645,78 @@ async def cancel_execution(
     *,
     runs: RunsInProcess | None = None,
     db_url: str | None = None,
+    wait_seconds: float | None = None,
 ) -> uuid.UUID:
-    """Cancel a running execution this process owns (one of `runs`); it stays resumable.
+    """Cancel a running execution, wherever it runs; it stays resumable.
 
-    Anything else is refused with the reason: it runs in another process, or is not running.
-    `execution_id` may be a unique prefix of the id.
+    A run of this process (one of `runs`) is cancelled at once. Any other is asked through the
+    database: its owner, on any host, honours the flag at its next heartbeat (within a third of
+    `QMCP_LEASE_SECONDS`) or invocation, stops its in-flight calls and records `cancelled`; this
+    waits for that record (by default up to two lease lengths). A run whose owner stopped (its
+    lease lapsed) is recorded as cancelled at once. `execution_id` may be a unique prefix.
     """
-    ident = await Store(db_url).resolve_execution_id(execution_id)
+    store = Store(db_url)
+    ident = await store.resolve_execution_id(execution_id)
     if runs is not None and await runs.cancel(ident):
         return ident
-    execution = await Store(db_url).get_execution(ident)
-    if execution.status == ExecutionStatus.RUNNING:
+    status = await store.request_cancel(ident)
+    if status == ExecutionStatus.RUNNING:
+        status = await _cancelled_by_owner(store, ident, wait_seconds)
+    if status != ExecutionStatus.CANCELLED:
         raise ConflictError(
-            f"execution {ident} is running in another process ({execution.owner}); "
-            "cancel it there (Ctrl-C for the CLI)"
+            f"execution {ident} ended as {status.value} before its owner saw the cancel"
         )
-    raise ConflictError(
-        f"execution {ident} is {execution.status.value}, not running; nothing to cancel"
+    return ident
+
+
+async def _cancelled_by_owner(
+    store: Store, ident: uuid.UUID, wait_seconds: float | None
+) -> ExecutionStatus:
+    """Wait for the owner to record the cancel; asking again each time, so an owner that stopped
+    meanwhile (its lease lapses) is cancelled for it."""
+    limit = 2 * lease_seconds() + 1 if wait_seconds is None else wait_seconds
+    deadline = asyncio.get_running_loop().time() + limit
+    status = ExecutionStatus.RUNNING
+    while status == ExecutionStatus.RUNNING:
+        if asyncio.get_running_loop().time() >= deadline:
+            execution = await store.get_execution(ident)
+            raise ConflictError(
+                f"asked the owner of execution {ident} ({execution.owner}) to cancel it; it has "
+                f"not done so within {limit:g} s. The request stands: the owner honours it at "
+                "its next heartbeat, or the run is cancelled for it once its lease lapses"
+            )
+        await asyncio.sleep(min(0.2, lease_seconds() / 10))
+        status = await store.request_cancel(ident, again=True)
+    return status
+
+
+async def cancel_waiting(
+    execution_id: str | uuid.UUID, reason: str, db_url: str | None = None
+) -> Execution:
+    """Record a pending (waiting for approval) or interrupted execution as cancelled: no process
+    runs it, so there is nothing to stop. It stays resumable.
+
+    The execution is claimed first (atomically, as a resume would), so a resume racing this
+    cancel either wins or is refused; it is never overwritten half-way.
+    """
+    from qmcp.agentframework.store.owners import owner_token
+
+    store = Store(db_url)
+    execution = await store.get_execution(execution_id)
+    if execution.status not in (ExecutionStatus.PENDING, ExecutionStatus.INTERRUPTED):
+        raise ConflictError(
+            f"execution {execution.id} is {execution.status.value}; only pending or interrupted "
+            "executions are cancelled this way"
+        )
+    await store.claim_execution(execution.id, owner_token())
+    await store.finish_execution(
+        execution.id,
+        status=ExecutionStatus.CANCELLED,
+        output=execution.output,
+        error=reason,
+        duration_ms=execution.duration_ms or 0,
     )
+    return await store.get_execution(execution.id)
 
 
 async def list_executions(

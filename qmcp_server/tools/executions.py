@@ -47,7 +47,8 @@ def register(mcp: MCPServer, state: ServerState) -> None:
     async def executions_cancel(
         execution_id: Annotated[str, Field(max_length=64)],
     ) -> CancelOutcome:
-        """Cancel a running execution of this server; it is recorded as cancelled and resumable."""
+        """Cancel a running execution, in this server or any process sharing its database
+        (the owner stops at its next heartbeat); it is recorded as cancelled and resumable."""
         from qmcp.agentframework import service
 
         ident = await service.cancel_execution(execution_id, runs=state.runs, db_url=db_url)

@@ -109,6 +109,15 @@ class Execution(SQLModel, table=True):
     output_tokens: int = 0
     cost_usd: float | None = None
     invocation_count: int = 0
+    # The owner's lease, renewed while it runs: lapsed means interrupted, on any host.
+    lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # A cancel asked for by any process; the owner honours it at its next heartbeat.
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Where a Metaflow run of it is: the flow file, the run, and the step running last.
+    metaflow_flow_file: str | None = Field(default=None, sa_type=Text)
+    metaflow_run_id: str | None = Field(default=None, max_length=100)
+    metaflow_pathspec: str | None = Field(default=None, max_length=300)
+    metaflow_step: str | None = Field(default=None, max_length=100)
 
 
 class Invocation(SQLModel, table=True):
@@ -139,6 +148,7 @@ class Invocation(SQLModel, table=True):
     duration_ms: float = 0.0
     started_at: datetime = Field(sa_type=DateTime(timezone=True))
     completed_at: datetime = Field(sa_type=DateTime(timezone=True))
+    flow_step: str | None = Field(default=None, max_length=100)  # the Metaflow step that ran it
 
 
 class InvocationTurn(SQLModel, table=True):

@@ -39,7 +39,9 @@ from qmcp.agentframework.runners.engine import (
     agent_setup,
     run_log,
 )
+from qmcp.agentframework.runners.lease import Lease, Stop
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
+from qmcp.agentframework.store.leases import lease_until
 from qmcp.agentframework.text import describe_bad_json
 from qmcp.agentframework.topologies import MAX_NESTING, SubTopology, TopologyKind, TopologyRegistry
 
@@ -224,6 +226,12 @@ class BaseRunner:
             output_tokens=0,
             cost_usd=None,
             invocation_count=0,
+            lease_expires_at=lease_until(now),
+            cancel_requested_at=None,
+            metaflow_flow_file=None,
+            metaflow_run_id=None,
+            metaflow_pathspec=None,
+            metaflow_step=None,
         )
         await self.store.add_execution(execution)
         return PreparedRun(execution, kind, config, dict(agents), data, {}, 0, setups)
@@ -329,11 +337,24 @@ class BaseRunner:
             self.runner_type,
         )
         status, output, error = ExecutionStatus.FAILED, None, None
+        stop = anyio.CancelScope()  # a cancel asked for elsewhere, or the lease lost, ends it
+
+        def stopped(_why: Stop) -> None:
+            stop.cancel()
+
+        lease = Lease(self.store, execution.id, execution.owner or owner_token(), stopped)
+        engine.boundary = lease.check
         try:
             with anyio.move_on_after(cfg.timeout_seconds) as scope:
-                output = await kind.run(engine, config, data)
-                status = ExecutionStatus.COMPLETED
-            if scope.cancelled_caught:
+                async with lease:
+                    with stop:
+                        output = await kind.run(engine, config, data)
+                        status = ExecutionStatus.COMPLETED
+            if lease.stopped == "lost":
+                return await self._lost(execution, engine, lease, started_at)
+            if stop.cancelled_caught:
+                status, error = ExecutionStatus.CANCELLED, lease.reason
+            elif scope.cancelled_caught:
                 error = (
                     f"timed out after {cfg.timeout_seconds} s (RunConfig.timeout_seconds); "
                     f"resume it with `qmcp executions resume {execution.id}`"
@@ -373,6 +394,28 @@ class BaseRunner:
             started_at=started_at,
             completed_at=completed_at,
             duration_ms=duration_ms,
+            runner_type=self.runner_type,
+            topology_name=execution.topology_name,
+            correlation_id=execution.correlation_id,
+        )
+
+    async def _lost(
+        self, execution: Execution, engine: Engine, lease: Lease, started_at: datetime
+    ) -> RunResult:
+        """This process lost the run to another (its lease lapsed and was taken): the other
+        process records the run from here on, so this one writes nothing more and stops."""
+        try:
+            await engine.settle()
+        finally:
+            await engine.close_tools()
+        return RunResult(
+            execution_id=execution.id,
+            status=ExecutionStatus.INTERRUPTED,
+            output=None,
+            error=lease.reason,
+            started_at=started_at,
+            completed_at=None,
+            duration_ms=None,
             runner_type=self.runner_type,
             topology_name=execution.topology_name,
             correlation_id=execution.correlation_id,

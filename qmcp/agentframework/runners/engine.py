@@ -224,6 +224,9 @@ class Engine:
         self.spent_usd = 0.0
         self.spent_tokens = 0
         self._spent_before: asyncio.Future[dict[str, Any]] | None = None
+        # Awaited before each model call: the owner's lease check, which may stop the run.
+        self.boundary: Callable[[], Awaitable[None]] | None = None
+        self.flow_step: str | None = None  # the Metaflow step answering, recorded on each row
         self.root = Scope(self, agents)
 
     # -- RunContext (the root scope) ---------------------------------------------------------
@@ -302,6 +305,8 @@ class Engine:
             self.done += 1
             await self._emit("cached", key, slot, agent.name, self._attempts.get(key, 0))
             return await self._gated(agent, slot, key, cached)
+        if self.boundary is not None:
+            await self.boundary()
         setup = self._agent_setup(agent)
         await self._check_budget(agent, slot, key, setup)
         model = setup.config.model_config_obj
@@ -715,6 +720,7 @@ class _Call:
             "status": InvocationStatus.FAILED if error is not None else InvocationStatus.COMPLETED,
             "output": None,
             "error": error,
+            "flow_step": engine.flow_step,
         }
 
     async def attempted(self, attempt: Attempt) -> None:

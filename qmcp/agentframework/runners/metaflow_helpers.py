@@ -51,6 +51,11 @@ class TopologyRunFailed(TopologyFailed):
     """The topology failed under its own failure policy (recorded); the flow stops here."""
 
 
+class _Paused(Exception):
+    """A call waits for a human: the execution is recorded `pending`, and the flow's remaining
+    steps pass its state on without work (`state["paused"]`), so no step fails or retries."""
+
+
 # -- the spec's helper functions ------------------------------------------------------------
 
 
@@ -182,9 +187,11 @@ def begin(spec: dict[str, Any], input_json: Any, execution_id: str, run_id: str)
             else:
                 topology, agents = restore(spec)
                 execution = (await _runner(spec).start(topology, agents, data)).execution
-            snapshot = dict(execution.snapshot)
-            snapshot["metaflow"] = {**snapshot.get("metaflow", {}), "run_id": run_id}
-            await store.update_execution(execution.id, snapshot=snapshot)
+            current = getattr(sys.modules.get("metaflow"), "current", None)
+            flow = getattr(current, "flow_name", None) if current is not None else None
+            await store.set_metaflow(
+                execution.id, run_id=run_id, pathspec=f"{flow}/{run_id}" if flow else None
+            )
         clock = {"run": run_id, "since": time.time(), "before_ms": execution.duration_ms or 0}
         return {
             "execution_id": str(execution.id),
@@ -207,6 +214,9 @@ def advance(spec: dict[str, Any], state: State, step: str | list[str]) -> State:
     on the spot, for driving a program by hand).
     """
 
+    if state.get("paused"):
+        return state
+
     async def work_step(work: _Work) -> State:
         await work.segment()
         name, flow_step = work.step(step)
@@ -220,6 +230,9 @@ def branches(spec: dict[str, Any], state: State, step: str) -> list[str | None]:
     """Before a foreach step: its branches with calls pending, its `foreach` list ([None] if none;
     Metaflow cannot fan out over nothing)."""
     from qmcp.agentframework.runners.replay import branches as branches_of
+
+    if state.get("paused"):
+        return [None]
 
     async def plan(work: _Work) -> list[str | None]:
         _, flow_step = work.step(step)
@@ -235,14 +248,17 @@ def run_branch(
 
     Returns what it answered, for the join: {"step", "answered": [[key, outcome], ...]}.
     """
-    if branch is None:
+    if branch is None or state.get("paused"):
         return None
 
     async def work_branch(work: _Work) -> dict[str, Any]:
         await work.segment()
         name, flow_step = work.step(step)
         answered = await work.answer_all(name, flow_step, branch)
-        return {"step": name, "answered": [[key, outcome] for key, outcome in answered]}
+        result = {"step": name, "answered": [[key, outcome] for key, outcome in answered]}
+        if work.state.get("paused"):
+            result["paused"] = work.state["paused"]
+        return result
 
     return _run(spec, state, work_branch)
 
@@ -256,6 +272,8 @@ def merge(spec: dict[str, Any], state: State, results: list[dict[str, Any] | Non
         for key, outcome in result["answered"]:
             merged["outcomes"].setdefault(key, []).append(outcome)
             merged["steps"][key] = result["step"]
+        if result.get("paused"):
+            merged["paused"] = result["paused"]
     if _metaflow_run_id() in (None, merged["clock"].get("run")):
         return merged
 
@@ -266,14 +284,19 @@ def merge(spec: dict[str, Any], state: State, results: list[dict[str, Any] | Non
     return _run(spec, merged, new_segment)
 
 
-def finish(spec: dict[str, Any], state: State) -> dict[str, Any]:
-    """End step: answer any call no declared step owns, then record the program's output."""
+def finish(spec: dict[str, Any], state: State) -> dict[str, Any] | None:
+    """End step: answer any call no declared step owns, then record the program's output
+    (None: the execution waits for a human, recorded as `pending`)."""
+    if state.get("paused"):
+        return None
 
-    async def end(work: _Work) -> dict[str, Any]:
+    async def end(work: _Work) -> dict[str, Any] | None:
         from qmcp.agentframework.models import ExecutionStatus
 
         await work.segment()
         await work.answer_all(END, None)
+        if work.state.get("paused"):
+            return None
         replayed = await work.discover()
         if replayed.output is None:
             keys = ", ".join(c.key for c in replayed.pending)
@@ -361,6 +384,9 @@ class _Work:
                 mine = pending if step is None else owned(pending, step, branch)
                 if not mine:
                     break
+                if self._engine is None:  # the step's first call: where the run is now
+                    await self.store.set_metaflow(self.ident, step=name)
+                (await self.engine()).flow_step = name
                 for call in mine:
                     outcome = await self.invoke(call)
                     self.state["outcomes"].setdefault(call.key, []).append(outcome)
@@ -368,6 +394,8 @@ class _Work:
                     answered.append((call.key, outcome))
             if self._engine is not None:
                 await self._engine.flush()  # rows a run without checkpointing batches
+        except _Paused:
+            pass  # recorded as pending (`pause`): the steps after this one pass it on
         finally:
             if self._engine is not None:  # the step's tool servers stop when the step does
                 await self._engine.close_tools()
@@ -376,6 +404,7 @@ class _Work:
     async def invoke(self, call: PendingCall) -> Outcome:
         """Answer one call through the engine (checkpoint, mixins, retries, recording)."""
         from qmcp.agentframework.errors import InvocationFailed
+        from qmcp.agentframework.human import AwaitingHuman
         from qmcp.agentframework.runners.replay import resolve_agent
 
         engine = await self.engine()
@@ -386,7 +415,29 @@ class _Work:
             )
         except InvocationFailed as exc:
             return {"failed": exc.reason}
+        except AwaitingHuman as exc:
+            await self.pause(str(exc))
+            raise _Paused from None
         return {"ok": output}
+
+    async def pause(self, message: str) -> None:
+        """A call waits for a human decision: record the execution `pending` (its rows first)
+        and forget the Metaflow run, which ends without failing; `resume` runs a new one."""
+        from qmcp.agentframework.models import ExecutionStatus
+
+        if self._engine is not None:
+            await self._engine.flush()
+        await self.record_steps()
+        await self.store.finish_execution(
+            self.ident,
+            status=ExecutionStatus.PENDING,
+            output=None,
+            error=message,
+            duration_ms=self.duration_ms(),
+            metrics=self.run_config.metrics_enabled,
+        )
+        await self.store.set_metaflow(self.ident, run_id=None, pathspec=None)
+        self.state["paused"] = message
 
     async def engine(self) -> Any:
         if self._engine is None:
@@ -430,11 +481,9 @@ class _Work:
         return int(clock.get("before_ms") or 0) + max(0, int((time.time() - since) * 1000))
 
     async def record_steps(self) -> None:
-        """Which flow step answered each key, kept on the execution (`snapshot.metaflow.steps`)."""
-        execution = await self.store.get_execution(self.ident)
-        snapshot = dict(execution.snapshot)
-        snapshot["metaflow"] = {**snapshot.get("metaflow", {}), "steps": self.state["steps"]}
-        await self.store.update_execution(self.ident, snapshot=snapshot)
+        """Which flow step answered each key: each row names its step as it is recorded; a key
+        answered from an earlier checkpoint gets this run's step on its rows here."""
+        await self.store.record_flow_steps(self.ident, self.state["steps"])
 
 
 def _run(spec: dict[str, Any], state: State, work: Callable[[_Work], Awaitable[T]]) -> T:

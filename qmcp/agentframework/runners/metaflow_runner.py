@@ -41,6 +41,8 @@ from qmcp.agentframework.runners.base import (
     validate_members,
 )
 from qmcp.agentframework.runners.engine import EventHandler, InvocationEvent
+from qmcp.agentframework.runners.lease import Lease
+from qmcp.agentframework.store import owner_token
 from qmcp.agentframework.topologies import TopologyKind, TopologyRegistry
 from qmcp.agentframework.topologies.flow import FlowStep, check_shape
 
@@ -380,19 +382,47 @@ class MetaflowRunner(BaseRunner):
             self._discard(written)
             error = f"Metaflow could not start the flow: {type(exc).__name__}: {exc}"
             return await self._end(prepared, ExecutionStatus.FAILED, error, started_at, t0)
-        progress = asyncio.create_task(self._report(execution.id, on_event, prepared))
+        progress = _Progress(self.store, execution.id, on_event, prepared)
+        reporting = asyncio.create_task(progress.follow())
+        # This process owns the execution while the flow runs: it renews the lease, and a cancel
+        # asked for from anywhere (or the lease lost) stops the flow.
+        waiting = asyncio.ensure_future(running.wait(timeout=self.config.timeout_seconds))
+        lease = Lease(
+            self.store, execution.id, execution.owner or owner_token(), lambda _: waiting.cancel()
+        )
         try:
-            await running.wait(timeout=self.config.timeout_seconds)
+            async with lease:
+                try:
+                    await waiting
+                except asyncio.CancelledError:
+                    if lease.stopped is None:
+                        raise
         except (asyncio.CancelledError, KeyboardInterrupt):
             running.command_obj.kill()
             await self._remember(execution.id, {"run_id": _run_id(running)})
             await self._end(prepared, ExecutionStatus.CANCELLED, "cancelled", started_at, t0)
             raise
         finally:
-            progress.cancel()
+            reporting.cancel()
+        if lease.stopped is not None:
+            await asyncio.to_thread(running.command_obj.kill)  # it waits for SIGTERM to land
+            await self._remember(execution.id, {"run_id": _run_id(running)})
+            if lease.stopped == "lost":  # another process took the run: it records from here
+                record = await self.store.get_execution(execution.id)
+                return self._result(record, started_at, t0).model_copy(
+                    update={"status": ExecutionStatus.INTERRUPTED, "error": lease.reason}
+                )
+            return await self._end(
+                prepared, ExecutionStatus.CANCELLED, lease.reason, started_at, t0
+            )
+        await progress.poll()  # the rows the last steps recorded
         run_id = _run_id(running)
-        await self._remember(execution.id, {"run_id": run_id})
         record = await self.store.get_execution(execution.id)
+        if record.status == ExecutionStatus.PENDING:
+            # A step paused for a human; the Metaflow run itself succeeded, so there is nothing
+            # to resume in it: `resume` runs a new flow that answers from the checkpoints.
+            return self._result(record, started_at, t0)
+        await self._remember(execution.id, {"run_id": run_id})
         if record.status != ExecutionStatus.COMPLETED and run_id is None:
             # No Metaflow run used the file (the flow failed Metaflow's checks, or the process
             # died before its start step): nothing to resume from it, so it goes.
@@ -413,9 +443,17 @@ class MetaflowRunner(BaseRunner):
     async def _flow_file(self, execution: Any) -> _FlowFile:
         """The execution's flow file and Metaflow run, writing the file when it needs one.
 
-        The file's absolute path is kept in the execution's snapshot, so a resume finds it
-        wherever it was written (an `output_dir`, `--output-dir` or the cache directory)."""
-        info = dict(execution.snapshot.get("metaflow") or {})
+        The file's absolute path is kept on the execution (`metaflow_flow_file`), so a resume
+        finds it wherever it was written (an `output_dir`, `--output-dir` or the cache
+        directory)."""
+        info = {
+            k: v
+            for k, v in (
+                ("flow_file", execution.metaflow_flow_file),
+                ("run_id", execution.metaflow_run_id),
+            )
+            if v
+        }
         topology, agents = restore(execution.snapshot)
         source = self._topology_to_flow(topology, agents)
         known = Path(info["flow_file"]) if info.get("flow_file") else None
@@ -442,11 +480,16 @@ class MetaflowRunner(BaseRunner):
     async def _remember(
         self, ident: uuid.UUID, info: dict[str, Any], *, replace: bool = False
     ) -> None:
-        """Keep the flow file and the Metaflow run id on the execution, for resume."""
-        record = await self.store.get_execution(ident)
-        kept = {} if replace else dict(record.snapshot.get("metaflow") or {})
-        merged = {**kept, **{k: v for k, v in info.items() if v}}
-        await self.store.update_execution(ident, snapshot={**record.snapshot, "metaflow": merged})
+        """Keep the flow file and the Metaflow run id on the execution, for resume (columns:
+        nothing is read first, so a step process writing its own columns is never undone).
+        `replace`: a new flow file, so no Metaflow run of it yet."""
+        values: dict[str, str | None] = {
+            k: str(v) for k, v in info.items() if v and k in ("flow_file", "run_id")
+        }
+        if replace:
+            values = {"run_id": None, "pathspec": None, "step": None, **values}
+        if values:
+            await self.store.set_metaflow(ident, **values)
 
     async def _end(
         self,
@@ -483,41 +526,88 @@ class MetaflowRunner(BaseRunner):
             correlation_id=record.correlation_id,
         )
 
-    async def _report(
-        self, ident: uuid.UUID, on_event: EventHandler | None, prepared: PreparedRun
+
+class _Progress:
+    """Progress of a flow, from the invocation rows its step processes record: the same
+    `InvocationEvent`s a local run emits (`cached` for the checkpoints a resume starts from,
+    then `completed` or `failed` per row), read incrementally by row id while the flow runs."""
+
+    def __init__(
+        self,
+        store: Any,
+        ident: uuid.UUID,
+        on_event: EventHandler | None,
+        prepared: PreparedRun,
     ) -> None:
-        """Turn invocation rows the flow's tasks record into progress events."""
-        if on_event is None:
-            return
+        self.store = store
+        self.ident = ident
+        self.on_event = on_event
         kind = TopologyRegistry.get(prepared.kind.type)
-        total = kind.estimate(prepared.config, list(prepared.agents))
-        seen: set[int] = set()
+        self.total = kind.estimate(prepared.config, list(prepared.agents))
+        self.cached = list(prepared.checkpoints)
+        self.after = 0
+        self.done: set[str] = set()
+
+    async def follow(self) -> None:
+        if self.on_event is None:
+            return
         while True:
+            await self.poll()
             await asyncio.sleep(POLL_SECONDS)
-            for row in await self.store.invocations(ident):
-                if row.id in seen or row.id is None:
-                    continue
-                seen.add(row.id)
-                done = sum(1 for _ in seen)
-                event = InvocationEvent(
-                    kind="completed" if row.status == "completed" else "failed",
-                    execution_id=ident,
-                    key=row.key,
-                    slot=row.slot,
-                    agent=row.agent_name,
-                    attempt=row.attempt,
-                    done=done,
-                    total=max(total, done),
-                    duration_ms=row.duration_ms,
-                    error=row.error,
-                )
-                result = on_event(event)
-                if asyncio.iscoroutine(result):
-                    await result
+
+    async def poll(self) -> None:
+        if self.on_event is None:
+            return
+        for key in self.cached:
+            self.done.add(key)
+            await self._emit("cached", key, key.rsplit("/", 1)[-1], "", 0, None, None)
+        self.cached = []
+        for row in await self.store.invocations_after(self.ident, self.after):
+            self.after = max(self.after, row.id or 0)
+            completed = row.status == "completed"
+            if completed:
+                self.done.add(row.key)
+            await self._emit(
+                "completed" if completed else "failed",
+                row.key,
+                row.slot,
+                row.agent_name,
+                row.attempt,
+                row.duration_ms,
+                row.error,
+            )
+
+    async def _emit(
+        self,
+        kind: Any,
+        key: str,
+        slot: str,
+        agent: str,
+        attempt: int,
+        duration_ms: float | None,
+        error: str | None,
+    ) -> None:
+        assert self.on_event is not None
+        done = len(self.done)
+        event = InvocationEvent(
+            kind=kind,
+            execution_id=self.ident,
+            key=key,
+            slot=slot,
+            agent=agent,
+            attempt=attempt,
+            done=done,
+            total=max(self.total, done),
+            duration_ms=duration_ms,
+            error=error,
+        )
+        result = self.on_event(event)
+        if asyncio.iscoroutine(result):
+            await result
 
 
 class _FlowFile(dict[str, Any]):
-    """The `metaflow` part of an execution's snapshot, and whether this run wrote the file."""
+    """The execution's flow file and Metaflow run id, and whether this run wrote the file."""
 
     def __init__(self, info: Mapping[str, Any], *, written: bool = False) -> None:
         super().__init__(info)

@@ -12,9 +12,9 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -48,6 +48,7 @@ from qmcp.agentframework.store.database import (
     describe,
     parse_url,
 )
+from qmcp.agentframework.store.leases import lease_until
 from qmcp.agentframework.store.migrations import upgrade
 from qmcp.agentframework.store.owners import owner_alive
 
@@ -86,6 +87,9 @@ INTERRUPTED_ERROR = (
     "the process running this execution stopped before it finished; "
     "resume it with `qmcp executions resume ID`"
 )
+CANCELLED_ERROR = "cancelled"
+# A run whose owner stopped (its lease lapsed) cannot honour a cancel: it is cancelled for it.
+CANCELLED_LAPSED_ERROR = "cancelled (its owner had stopped: the lease had lapsed)"
 # At most this many rows make a small write (see `Database.write`): tens of microseconds each.
 SMALL_WRITE_ROWS = 16
 _TURN_FIELDS = ("turn", "role", "content", "model", "input_tokens", "output_tokens")
@@ -171,21 +175,72 @@ def _initialize(connection: Connection) -> None:
     _mark_interrupted(connection)
 
 
+def _stopped(owner: str | None, lease_expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a running execution's owner stopped: a dead process on this host (the fast
+    path, no waiting), or a lapsed lease on any host (unless its owner lives on this host:
+    then it is only slow, and finds at its next renewal whether it kept the run)."""
+    alive = owner_alive(owner)
+    if alive is False:
+        return True
+    return alive is None and _lapsed(lease_expires_at, now)
+
+
+def _lapsed(lease_expires_at: datetime | None, now: datetime) -> bool:
+    if lease_expires_at is None:  # a row from before leases: only host:pid can tell
+        return False
+    return _naive(lease_expires_at) < _naive(now)
+
+
+def _naive(moment: datetime) -> datetime:
+    """UTC without tzinfo: SQLite gives stored times back naive, PostgreSQL aware."""
+    return (
+        moment.replace(tzinfo=None)
+        if moment.tzinfo is None
+        else moment.astimezone(UTC).replace(tzinfo=None)
+    )
+
+
+_UNLEASED = {"owner": None, "lease_expires_at": None, "cancel_requested_at": None}
+
+
 def _mark_interrupted(connection: Connection) -> int:
+    now = utcnow()
     rows = connection.execute(
-        select(EXECUTIONS.c.id, EXECUTIONS.c.owner).where(
+        select(EXECUTIONS.c.id, EXECUTIONS.c.owner, EXECUTIONS.c.lease_expires_at).where(
             EXECUTIONS.c.status == ExecutionStatus.RUNNING
         )
     )
-    dead = [ident for ident, owner in rows if owner_alive(owner) is False]
-    if dead:
-        connection.execute(
+    counted = 0
+    for ident, owner, expires in rows.all():
+        if not _stopped(owner, expires, now):
+            continue
+        # Conditional on what was read: an owner that renewed meanwhile keeps its run.
+        counted += connection.execute(
             update(EXECUTIONS)
-            .where(EXECUTIONS.c.id.in_(dead))
+            .where(EXECUTIONS.c.id == ident)
             .where(EXECUTIONS.c.status == ExecutionStatus.RUNNING)
-            .values(status=ExecutionStatus.INTERRUPTED, error=INTERRUPTED_ERROR)
-        )
-    return len(dead)
+            .where(_same_lease(owner, expires))
+            .values(status=ExecutionStatus.INTERRUPTED, error=INTERRUPTED_ERROR, **_UNLEASED)
+        ).rowcount
+    return counted
+
+
+def _same_lease(owner: str | None, expires: datetime | None) -> Any:
+    """The row still has the owner and lease that were read (nobody renewed or took it)."""
+    owned = EXECUTIONS.c.owner.is_(None) if owner is None else EXECUTIONS.c.owner == owner
+    if expires is None:
+        return owned & EXECUTIONS.c.lease_expires_at.is_(None)
+    return owned & (EXECUTIONS.c.lease_expires_at == expires)
+
+
+class LeaseState(NamedTuple):
+    """What an owner's renewal found: whether it still holds the run, and whether a cancel was
+    asked for. `status` is the execution's (a step process may have finished it meanwhile)."""
+
+    held: bool
+    cancel_requested: bool
+    status: ExecutionStatus | None
+    owner: str | None
 
 
 class Store:
@@ -496,7 +551,7 @@ class Store:
             "error": error,
             "completed_at": completed_at,
             "duration_ms": duration_ms,
-            "owner": None,
+            **_UNLEASED,
             "ident": execution_id,
         }
 
@@ -518,15 +573,36 @@ class Store:
         return completed_at
 
     async def claim_execution(self, execution_id: uuid.UUID, owner: str) -> Execution:
-        """Mark a resumable execution running under this process, atomically."""
+        """Take a resumable execution for `owner`, with a fresh lease, atomically: a failed,
+        cancelled, interrupted or pending one, or a running one whose owner stopped (a dead
+        process on this host, or a lapsed lease on any host).
+
+        The UPDATE is conditional on the state read, checked by its row count, so of two
+        processes taking over the same run exactly one wins, on SQLite and PostgreSQL alike.
+        """
         resumable = [s for s in ExecutionStatus if s.resumable]
 
         def claim(connection: Connection) -> tuple[int, Execution | None]:
+            now = utcnow()
+            took = update(EXECUTIONS).where(EXECUTIONS.c.id == execution_id)
+            current = _fetch(connection, Execution, execution_id)
+            if current is not None and current.status == ExecutionStatus.RUNNING:
+                if not _stopped(current.owner, current.lease_expires_at, now):
+                    return 0, current
+                took = took.where(EXECUTIONS.c.status == ExecutionStatus.RUNNING).where(
+                    _same_lease(current.owner, current.lease_expires_at)
+                )
+            else:
+                took = took.where(EXECUTIONS.c.status.in_(resumable))
             claimed = connection.execute(
-                update(EXECUTIONS)
-                .where(EXECUTIONS.c.id == execution_id)
-                .where(EXECUTIONS.c.status.in_(resumable))
-                .values(status=ExecutionStatus.RUNNING, owner=owner, error=None, completed_at=None)
+                took.values(
+                    status=ExecutionStatus.RUNNING,
+                    owner=owner,
+                    lease_expires_at=lease_until(now),
+                    cancel_requested_at=None,
+                    error=None,
+                    completed_at=None,
+                )
             ).rowcount
             return claimed, _fetch(connection, Execution, execution_id)
 
@@ -534,11 +610,156 @@ class Store:
         if execution is None:
             raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
         if claimed == 0:
+            if execution.status == ExecutionStatus.RUNNING:
+                raise ConflictError(
+                    f"execution {execution_id} is running in another process "
+                    f"({execution.owner}), whose lease is current; cancel it with "
+                    "`qmcp executions cancel ID`, or resume it once its lease has lapsed"
+                )
             raise ConflictError(
                 f"execution {execution_id} is {execution.status.value}; only failed, cancelled, "
                 "interrupted or pending (waiting for approval) executions can be resumed"
             )
         return execution
+
+    async def renew_lease(self, execution_id: uuid.UUID, owner: str) -> LeaseState:
+        """The owner's heartbeat: extend its lease while the run is still its own and running;
+        one small transaction, which also reads whether a cancel was asked for."""
+
+        def renew(connection: Connection) -> LeaseState:
+            held = connection.execute(
+                update(EXECUTIONS)
+                .where(EXECUTIONS.c.id == execution_id)
+                .where(EXECUTIONS.c.status == ExecutionStatus.RUNNING)
+                .where(EXECUTIONS.c.owner == owner)
+                .values(lease_expires_at=lease_until(utcnow()))
+            ).rowcount
+            row = connection.execute(
+                select(
+                    EXECUTIONS.c.status, EXECUTIONS.c.cancel_requested_at, EXECUTIONS.c.owner
+                ).where(EXECUTIONS.c.id == execution_id)
+            ).first()
+            if row is None:
+                return LeaseState(False, False, None, None)
+            return LeaseState(bool(held), row[1] is not None, ExecutionStatus(row[0]), row[2])
+
+        state: LeaseState = await self._write(renew, now=True)
+        return state
+
+    async def cancel_requested(self, execution_id: uuid.UUID) -> bool:
+        """Whether a cancel was asked for (a read: the owner's check between invocations)."""
+        query = select(EXECUTIONS.c.cancel_requested_at).where(EXECUTIONS.c.id == execution_id)
+        found = await self._read(lambda s: s.execute(query).scalar())
+        return found is not None
+
+    async def request_cancel(
+        self, execution_id: uuid.UUID, *, again: bool = False
+    ) -> ExecutionStatus:
+        """Ask a running execution's owner, wherever it runs, to cancel it: a flag it honours
+        at its next heartbeat or invocation. A run whose owner stopped (a dead process here, a
+        lapsed lease anywhere) cannot honour it: it is recorded as cancelled at once.
+
+        Returns the execution's status after the request (running: the owner will act). One
+        that is not running is refused, unless `again` (asking again while waiting for it).
+        """
+
+        def request(connection: Connection) -> tuple[ExecutionStatus, bool] | None:
+            now = utcnow()
+            current = _fetch(connection, Execution, execution_id)
+            if current is None:
+                return None
+            if current.status != ExecutionStatus.RUNNING:
+                return current.status, False
+            where = (
+                (EXECUTIONS.c.id == execution_id)
+                & (EXECUTIONS.c.status == ExecutionStatus.RUNNING)
+                & _same_lease(current.owner, current.lease_expires_at)
+            )
+            if _stopped(current.owner, current.lease_expires_at, now):
+                done = connection.execute(
+                    update(EXECUTIONS)
+                    .where(where)
+                    .values(
+                        status=ExecutionStatus.CANCELLED,
+                        error=CANCELLED_LAPSED_ERROR,
+                        completed_at=now,
+                        **_UNLEASED,
+                    )
+                ).rowcount
+                if done:
+                    return ExecutionStatus.CANCELLED, True
+            elif current.cancel_requested_at is None:
+                connection.execute(
+                    update(EXECUTIONS)
+                    .where(EXECUTIONS.c.id == execution_id)
+                    .where(EXECUTIONS.c.status == ExecutionStatus.RUNNING)
+                    .values(cancel_requested_at=now)
+                )
+            status = connection.execute(
+                select(EXECUTIONS.c.status).where(EXECUTIONS.c.id == execution_id)
+            ).scalar()
+            return None if status is None else (ExecutionStatus(status), True)
+
+        found: tuple[ExecutionStatus, bool] | None = await self._write(request, now=True)
+        if found is None:
+            raise NotFoundError(f"no execution {execution_id}; see `qmcp executions list`")
+        status, was_running = found
+        if not (was_running or again):
+            raise ConflictError(
+                f"execution {execution_id} is {status.value}, not running; nothing to cancel"
+            )
+        return status
+
+    async def set_metaflow(self, execution_id: uuid.UUID, **values: str | None) -> None:
+        """Set where the execution's Metaflow run is (`metaflow_flow_file`, `metaflow_run_id`,
+        `metaflow_pathspec`, `metaflow_step`): plain column updates, no read of the row first,
+        so concurrent step processes never undo each other's writes."""
+        unknown = set(values) - {"flow_file", "run_id", "pathspec", "step"}
+        if unknown:
+            raise ValidationError(f"no Metaflow column for {sorted(unknown)}")
+        await self.update_execution(
+            execution_id, **{f"metaflow_{name}": value for name, value in values.items()}
+        )
+
+    async def record_flow_steps(self, execution_id: uuid.UUID, steps: Mapping[str, str]) -> None:
+        """Name the flow step that answered each key on its rows that name none yet (a key a
+        step answered from a checkpoint recorded before, by another runner or run)."""
+        params = [{"ident": execution_id, "k": key, "step": step} for key, step in steps.items()]
+        if not params:
+            return
+        statement = (
+            update(INVOCATIONS)
+            .where(INVOCATIONS.c.execution_id == bindparam("ident"))
+            .where(INVOCATIONS.c.key == bindparam("k"))
+            .where(INVOCATIONS.c.flow_step.is_(None))
+            .values(flow_step=bindparam("step"))
+        )
+        await self._write(lambda connection: connection.execute(statement, params))
+
+    async def flow_steps(self, execution_id: uuid.UUID) -> dict[str, str]:
+        """Which Metaflow step answered each invocation key (the step of its last row)."""
+        query = (
+            select(INVOCATIONS.c.key, INVOCATIONS.c.flow_step)
+            .where(INVOCATIONS.c.execution_id == execution_id)
+            .where(INVOCATIONS.c.flow_step.is_not(None))
+            .order_by(INVOCATIONS.c.id)
+        )
+        rows = await self._read(lambda s: s.execute(query).all())
+        return {key: step for key, step in rows}
+
+    async def invocations_after(
+        self, execution_id: uuid.UUID, after_id: int = 0
+    ) -> list[Invocation]:
+        """An execution's invocation rows with an id above `after_id`, in order (a poller
+        following a run reads each row once)."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Invocation)
+                .where(col(Invocation.execution_id) == execution_id)
+                .where(col(Invocation.id) > after_id)
+                .order_by(col(Invocation.id))
+            )
+            return list(rows.scalars())
 
     async def resolve_execution_id(self, execution_id: uuid.UUID | str) -> uuid.UUID:
         """The execution id that `execution_id` names: a whole id, or a unique prefix of one
