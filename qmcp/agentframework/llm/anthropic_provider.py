@@ -5,6 +5,12 @@ this provider classifies what went wrong (429/529/5xx, dropped connections and t
 transient, with the server's Retry-After; authentication, bad requests and a missing key are
 permanent). The key comes from `ANTHROPIC_API_KEY` (and the endpoint from `ANTHROPIC_BASE_URL`),
 never from a stored agent config; it never appears in a record, a log line or an error message.
+
+Prompt caching: a request marks with `cache_control` what later requests will send again — the
+system prompt, the end of a conversation that goes on (tool use), and the shared part of a long
+prompt (all but its last paragraph: a debate's transcript, which each round repeats and extends) —
+once such a prefix is long enough for the API to cache it. The cache's reads and writes are part
+of the recorded input tokens and are priced at the cache rates (`pricing.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+# The shortest prefix the Messages API caches (Sonnet and Opus; Haiku needs more): shorter ones
+# are not marked, so their requests stay as they were. Tokens are estimated (characters / 4).
+MIN_CACHE_TOKENS = 1024
+MAX_BREAKPOINTS = 4  # the API's limit per request
+LOOKBACK_BLOCKS = 20  # how far before a breakpoint the API looks for an earlier cached prefix
+EPHEMERAL = {"type": "ephemeral"}
 LOAD_STATUS = {429, 529}  # rate limited, overloaded: the endpoint's limiter slows down
 
 
@@ -89,6 +101,7 @@ class AnthropicProvider:
             ]
             if request.tool_choice == "none":
                 kwargs["tool_choice"] = {"type": "none"}
+        mark_cache_breakpoints(kwargs)
         import anthropic
 
         try:
@@ -125,13 +138,19 @@ class AnthropicProvider:
                 blocks.append(TextBlock(text=block.text))
             elif block.type == "tool_use":
                 blocks.append(ToolUseBlock(id=block.id, name=block.name, input=dict(block.input)))
+        usage = message.usage
+        # The API counts cache reads and writes apart from `input_tokens`; ours counts them all.
+        read = getattr(usage, "cache_read_input_tokens", None) or 0
+        written = getattr(usage, "cache_creation_input_tokens", None) or 0
         return LLMResponse(
             content=blocks,
             model=message.model,
             provider=self.name,
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,
+            input_tokens=usage.input_tokens + read + written,
+            output_tokens=usage.output_tokens,
             stop_reason=message.stop_reason,
+            cache_read_tokens=read,
+            cache_write_tokens=written,
         )
 
 
@@ -157,6 +176,68 @@ def _message(message: Message) -> dict[str, Any]:
                 }
             )
     return {"role": message.role, "content": content}
+
+
+def _tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _block_tokens(block: dict[str, Any]) -> int:
+    text = block.get("text")
+    return _tokens(text if isinstance(text, str) else str(block.get("content") or block))
+
+
+def _paragraphs(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A message's content as blocks, a text as one block per paragraph (each keeps its blank
+    line, so together they read as the text did): block ends are where a cached prefix can end."""
+    if not isinstance(content, str):
+        return content
+    parts = content.split("\n\n")
+    last = len(parts) - 1
+    return [
+        {"type": "text", "text": part + ("\n\n" if i < last else "")}
+        for i, part in enumerate(parts)
+        if part or i == last
+    ]
+
+
+def mark_cache_breakpoints(kwargs: dict[str, Any]) -> None:
+    """Mark (`cache_control`) in a Messages API request what later requests send again, where
+    that prefix is long enough to be cached (`MIN_CACHE_TOKENS`):
+    - the system prompt: every call of the agent starts with it;
+    - in a conversation with earlier turns (tool use), its last block: the next turn extends it;
+    - in a first prompt, the block before its last paragraph: the shared part (a debate's
+      transcript, which the next round repeats and extends) comes first, the call's own
+      instruction last; with marks every `LOOKBACK_BLOCKS` blocks before it, so that the next,
+      longer prompt still finds what this one cached.
+    Texts go as one block per paragraph when anything is marked; a request with nothing worth
+    caching is left as it was."""
+    messages = kwargs["messages"]
+    if not messages:
+        return
+    system = kwargs.get("system")
+    system_blocks = [{"type": "text", "text": system}] if system else []
+    contents = [_paragraphs(m["content"]) for m in messages]
+    sequence = [*system_blocks, *(block for content in contents for block in content)]
+    # A conversation that goes on: all of it so far; a first prompt: all but its last paragraph.
+    shared = len(sequence) - (1 if len(messages) > 1 else 2)
+    marks = {0} if system_blocks else set()
+    marks.update(range(shared, len(system_blocks) - 1, -LOOKBACK_BLOCKS))
+    tokens = sum(_tokens(str(tool)) for tool in kwargs.get("tools") or [])
+    long_enough: list[int] = []
+    for index, block in enumerate(sequence):
+        tokens += _block_tokens(block)
+        if index in marks and tokens >= MIN_CACHE_TOKENS:
+            long_enough.append(index)
+    if not long_enough:
+        return
+    for index in long_enough[-MAX_BREAKPOINTS:]:
+        sequence[index]["cache_control"] = dict(EPHEMERAL)
+    if system_blocks and "cache_control" in system_blocks[0]:
+        kwargs["system"] = system_blocks
+    for message, content in zip(messages, contents, strict=True):
+        if len(content) > 1 or any("cache_control" in b for b in content):  # else: as it was
+            message["content"] = content
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -111,10 +111,12 @@ async def run(ctx: RunContext, config: DebateConfig, input: dict[str, Any]) -> O
     stopped_early = False
     for round_number in range(1, config.max_rounds + 1):
         for slot in speakers:
+            # The transcript before the call's own instruction: each round repeats and extends
+            # it, so providers can cache it as a shared prefix.
             prompt = (
-                f"Debate topic: {topic}\nYou are {slot} in round {round_number} of at most "
-                f"{config.max_rounds}. Make your case and answer the other side.\n\n"
-                f"Transcript so far:\n{render(transcript)}"
+                f"Debate topic: {topic}\n\nTranscript so far:\n{render(transcript)}\n\n"
+                f"You are {slot} in round {round_number} of at most {config.max_rounds}. "
+                "Make your case and answer the other side."
             )
             said = await ctx.invoke(slot, {"prompt": prompt}, key=f"round-{round_number}/{slot}")
             transcript.append(
@@ -126,8 +128,8 @@ async def run(ctx: RunContext, config: DebateConfig, input: dict[str, Any]) -> O
                 }
             )
         ask = (
-            f"You mediate a debate on: {topic}\nJudge the debate so far. Answer only with JSON of "
-            f"the form {JUDGMENT_FORMAT}.\n\nTranscript:\n{render(transcript)}"
+            f"You mediate a debate on: {topic}\n\nTranscript:\n{render(transcript)}\n\n"
+            f"Judge the debate so far. Answer only with JSON of the form {JUDGMENT_FORMAT}."
         )
         answer = await ctx.invoke(MEDIATOR, {"prompt": ask}, key=f"round-{round_number}/{MEDIATOR}")
         judgment = {"round": round_number, **judgment_of(answer["content"])}
