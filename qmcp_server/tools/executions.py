@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import InputRequiredResult
 from pydantic import Field
 
 from qmcp_server.runs import launch
@@ -64,7 +65,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         ctx: Context,
         wait: bool = True,
         runner: Annotated[str | None, Field(description="default: the runner it ran on")] = None,
-    ) -> RunOutcome:
+    ) -> RunOutcome | InputRequiredResult:
         """Finish a failed, cancelled or interrupted execution; finished invocations are reused."""
         from qmcp.agentframework import service
 

@@ -112,6 +112,9 @@ class LLMRequest(BaseModel):
     agent_name: str = ""
     role: str = ""
     slot: str = ""
+    # The invocation's key (`round-2/opponent`): a provider that asks outside the run (MCP
+    # sampling on the stateless protocol) names its questions by it.
+    key: str = ""
 
     @property
     def prompt(self) -> str:
@@ -166,11 +169,14 @@ class ProviderCapabilities:
     `tools`: it takes `LLMRequest.tools` and may answer tool use. `temperature`: it sends
     `LLMRequest.temperature`. `answers_inline`: it answers without waiting on I/O (offline, a
     plain function), so there is nothing a timeout or a concurrency slot could bound.
+    `pauses`: it may stop the run to wait for answers from outside it (MCP sampling on the
+    stateless protocol raises `llm.awaiting.AwaitingSamples`).
     """
 
     tools: bool = False
     temperature: bool = False
     answers_inline: bool = False
+    pauses: bool = False
 
 
 @runtime_checkable

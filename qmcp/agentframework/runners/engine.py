@@ -43,6 +43,12 @@ from qmcp.agentframework.llm import (
     estimate_cost,
     limiter_for,
 )
+from qmcp.agentframework.llm.awaiting import (
+    AwaitingSamples,
+    Paused,
+    carry_pause,
+    release_pause,
+)
 from qmcp.agentframework.mixins import (
     Mixin,
     MixinContext,
@@ -165,8 +171,14 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-async def _awaited(item: Awaitable[T]) -> T:
-    return await item
+async def _settled(item: Awaitable[T], waits: list[AwaitingSamples]) -> T | None:
+    """A branch that stops to wait for answers from outside the run (`AwaitingSamples`) lets its
+    siblings go on to their own questions, so that `gather` asks them all in one round."""
+    try:
+        return await item
+    except AwaitingSamples as wait:
+        waits.append(wait)
+        return None
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -242,22 +254,26 @@ class Engine:
         raises (a failure, an approval to wait for, a cancel), the others are cancelled before
         the error propagates, so no branch outlives its run."""
         items = list(awaitables)
+        waits: list[AwaitingSamples] = []
         if self.concurrency is None:
-            results: list[T] = []
+            results: list[Any] = []
             try:
                 for item in items:
-                    results.append(await item)
+                    results.append(await _settled(item, waits))
             finally:
                 for item in items[len(results) + 1 :]:
                     if inspect.iscoroutine(item):
                         item.close()  # never started: no "was never awaited" warning
-            return results
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_awaited(item)) for item in items]
-        except BaseExceptionGroup as failed:
-            raise _first(failed) from None
-        return [task.result() for task in tasks]
+        else:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(_settled(item, waits)) for item in items]
+            except BaseExceptionGroup as failed:
+                raise _first(failed) from None
+            results = [task.result() for task in tasks]
+        if waits:  # the branches that must wait for answers have all asked: one round
+            raise AwaitingSamples.merge(waits)
+        return results
 
     async def try_invoke(
         self, slot: str, payload: Any, *, key: str | None = None, retries: int | None = None
@@ -323,6 +339,7 @@ class Engine:
             agent_name=agent.name,
             role=str(agent.role),
             slot=slot,
+            key=key,
         )
         for mixin in setup.mixins:
             request = await mixin.prepare(request, mixin_ctx)
@@ -430,6 +447,9 @@ class Engine:
         candidates: list[Candidate] = []
         for index, model in enumerate(models):
             provider: Provider = ProviderRegistry.provider(model.provider)
+            pauses = provider.capabilities(model.model).pauses
+            if pauses:  # a pause passes the wrappers below as a permanent error, unrecorded
+                provider = carry_pause(provider)
             inline = self._inline.get((model.provider, model.model))
             if inline is None:
                 inline = provider.capabilities(model.model).answers_inline
@@ -450,6 +470,8 @@ class Engine:
                 provider = RetryingProvider(
                     provider, RetryPolicy(max_retries=budget), call.retrying
                 )
+            if pauses:
+                provider = release_pause(provider)
             if len(models) == 1:
                 return provider
             changes = (
@@ -728,8 +750,8 @@ class _Call:
         if attempt.response is not None:
             self.cache_read += attempt.response.cache_read_tokens
             self.cache_write += attempt.response.cache_write_tokens
-        if attempt.error is None:
-            return
+        if attempt.error is None or isinstance(attempt.error, Paused):
+            return  # a pause to wait for answers is no failed attempt
         error = str(attempt.error)
         row = self._row(error, attempt.duration_ms, attempt.started_at, attempt.request.messages)
         await self.engine._record(row)

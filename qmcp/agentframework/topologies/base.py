@@ -22,6 +22,7 @@ from qmcp.agentframework.errors import (
     describe_validation_error,
     known,
 )
+from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.models import MAX_NESTING, AgentType, SubTopology, TopologyType
 from qmcp.agentframework.registry import Registry
 from qmcp.agentframework.topologies.flow import FlowShape
@@ -184,7 +185,7 @@ async def run_nested(
         output = await kind.run(
             child, kind.parse_config(sub.topology.config), nested_input(payload)
         )
-    except InvocationFailed:
+    except (InvocationFailed, AwaitingHuman):  # a wait (a human, the client's model) stays one
         raise
     except QmcpError as exc:
         raise InvocationFailed(key, slot, f"topology {sub.name!r}: {exc}") from None
