@@ -1,4 +1,9 @@
-"""Resources: the executions, one execution's full record, a topology with its diagram, an agent."""
+"""Resources: the executions, one execution's full record, a topology with its diagram, an agent.
+
+`qmcp://executions` and `qmcp://executions/{id}` change on their own as runs go: a client
+subscribes to them (`resources/subscribe`, or a `subscriptions/listen` stream on 2026-07-28) and
+hears of each change (`qmcp_server.notify`); the templates' arguments complete
+(`qmcp_server.completions`)."""
 
 from __future__ import annotations
 

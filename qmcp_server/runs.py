@@ -7,12 +7,16 @@ import asyncio
 import logging
 import uuid
 from contextlib import suppress
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from mcp.server.mcpserver import Context
+from mcp_types import InputRequiredResult
 
 from qmcp.agentframework.human import human_channel
-from qmcp_server.sampling import current_context, elicitation_channel
+from qmcp_server.notify import Notifier, Origin
+from qmcp_server.sampling import current_context, elicitation_channel, sampling_round
 from qmcp_server.schemas import RunOutcome
 
 if TYPE_CHECKING:
@@ -22,20 +26,37 @@ log = logging.getLogger("qmcp.server")
 
 PROGRESS_EVENTS = ("completed", "cached", "failed", "retrying")
 
+# Set by `qmcp_server.tasks` around a task-augmented tool call: the run goes on in the server,
+# as with wait=false, and the call answers with a task (whose id is the execution id).
+as_task: ContextVar[bool] = ContextVar("qmcp_run_as_task", default=False)
+
 
 class BackgroundRuns:
     """Runs carried on after their tool call answered, by execution id; a finished one leaves."""
 
-    def __init__(self) -> None:
+    def __init__(self, notifier: Notifier | None = None) -> None:
         self._tasks: dict[uuid.UUID, asyncio.Task[RunResult]] = {}
+        self.notifier = notifier if notifier is not None else Notifier()
 
-    def start(self, started: StartedRun) -> None:
-        from qmcp.agentframework import service
-
+    def start(self, started: StartedRun, origin: Origin | None = None) -> None:
+        """`origin`: the client that started it, which hears of its invocations and its log
+        lines where its protocol era lets it (`qmcp_server.notify`)."""
         ident = started.execution_id
-        task = asyncio.create_task(service.finish_run(started), name=f"qmcp-run-{ident}")
+        task = asyncio.create_task(self._finish(started, origin), name=f"qmcp-run-{ident}")
         self._tasks[ident] = task
         task.add_done_callback(lambda t: self._done(ident, t))
+
+    async def _finish(self, started: StartedRun, origin: Origin | None) -> RunResult:
+        from qmcp.agentframework import service
+
+        notifier = self.notifier
+        try:
+            async with notifier.run_log(origin):
+                observer = notifier.invocation_observer(origin)
+                return await service.finish_run(started, on_event=observer)
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled run has changed its record too
+                await notifier.execution_changed(started.execution_id, origin)
 
     def _done(self, ident: uuid.UUID, task: asyncio.Task[RunResult]) -> None:
         self._tasks.pop(ident, None)
@@ -44,6 +65,12 @@ class BackgroundRuns:
 
     def running(self, ident: uuid.UUID) -> bool:
         return ident in self._tasks
+
+    async def wait(self, ident: uuid.UUID, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a run of this process to end (at once if none)."""
+        task = self._tasks.get(ident)
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
 
     async def cancel(self, execution_id: uuid.UUID) -> bool:
         """Cancel a run of this process and wait until it has recorded itself as cancelled."""
@@ -62,11 +89,20 @@ class BackgroundRuns:
 
 async def launch(
     ctx: Context[Any, Any], runs: BackgroundRuns, started: StartedRun, wait: bool
-) -> RunOutcome:
-    """Run to the end with progress (wait), or carry on in the server and answer at once."""
-    if wait:
-        return outcome(await finish_with_progress(ctx, started))
-    runs.start(started)
+) -> RunOutcome | InputRequiredResult:
+    """Run to the end with progress (wait), or carry on in the server and answer at once
+    (wait=false, or a task-augmented call: see `as_task`).
+
+    A run on a stateless (2026-07-28) client that stopped to wait for the client's model answers
+    with its questions instead (`sampling.py`); the client's next call brings the answers."""
+    origin = Origin.of(ctx)
+    await runs.notifier.execution_changed(started.execution_id, origin, new=True)
+    if wait and not as_task.get():
+        with sampling_round(ctx) as round_:
+            result = await finish_with_progress(ctx, started, runs.notifier)
+        asked = round_.input_required(result) if round_ is not None else None
+        return asked if asked is not None else outcome(result)
+    runs.start(started, origin.detached() if origin is not None else None)
     execution = started.execution
     return RunOutcome(
         execution_id=str(execution.id),
@@ -78,12 +114,20 @@ async def launch(
     )
 
 
-async def finish_with_progress(ctx: Context[Any, Any], started: StartedRun) -> RunResult:
+async def finish_with_progress(
+    ctx: Context[Any, Any], started: StartedRun, notifier: Notifier | None = None
+) -> RunResult:
     """Finish the run inside this tool call: progress per invocation, and the calling client's
-    own model (sampling) and user (elicitation) within reach of the run."""
+    own model (sampling) and user (elicitation) within reach of the run; with a `notifier`,
+    subscribers hear of each invocation and the caller gets the run's log lines."""
     from qmcp.agentframework import service
 
+    origin = Origin.of(ctx)
+    observer = notifier.invocation_observer(origin) if notifier is not None else None
+
     async def on_event(event: InvocationEvent) -> None:
+        if observer is not None:
+            await observer(event)
         if event.kind in PROGRESS_EVENTS:
             message = f"{event.kind} {event.key} ({event.agent})"
             try:
@@ -94,7 +138,14 @@ async def finish_with_progress(ctx: Context[Any, Any], started: StartedRun) -> R
     token = current_context.set(ctx)
     human = human_channel.set(elicitation_channel(ctx))
     try:
-        return await service.finish_run(started, on_event=on_event)
+        if notifier is None:
+            return await service.finish_run(started, on_event=on_event)
+        try:
+            async with notifier.run_log(origin):
+                return await service.finish_run(started, on_event=on_event)
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled run has changed its record too
+                await notifier.execution_changed(started.execution_id, origin)
     finally:
         human_channel.reset(human)
         current_context.reset(token)

@@ -46,6 +46,57 @@ class ToolServerArg(BaseModel):
     )
 
 
+class InlineAgent(BaseModel):
+    """An agent defined where a topology runs it (`topologies_run` with an inline topology)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    name: str | None = Field(default=None, max_length=100, description="default: the slot's name")
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="as in agents_create: 'offline', a claude-… id, 'sampling', a Models name",
+    )
+    system_prompt: str | None = Field(default=None, max_length=100_000)
+    description: str = Field(default="", max_length=10_000)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=128_000)
+    capabilities: list[Capability] | None = Field(
+        default=None, max_length=20, description="mixins, see mixins_list"
+    )
+
+
+class InlineTopology(BaseModel):
+    """A topology given whole in the call: run without storing it or its inline agents (the
+    execution's record holds them, so it resumes), unless `save` is true."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topology_type: str = Field(
+        max_length=50,
+        description="pipeline, ensemble, debate, cross_check, chain_of_command or delegation",
+    )
+    slots: dict[str, str | InlineAgent] = Field(
+        max_length=100,
+        description="slot name -> an inline agent {role, model, system_prompt, …}, or the name "
+        "of a stored agent (or 'topology:<name>'), in order; each kind's slots as in "
+        "topologies_create",
+    )
+    config: dict[str, Any] | None = Field(default=None, description="the kind's config")
+    name: str | None = Field(
+        default=None,
+        max_length=100,
+        description="names the execution's topology (default 'inline'); required with save",
+    )
+    description: str = Field(default="", max_length=10_000)
+    save: bool = Field(
+        default=False,
+        description="also store the inline agents and the topology under their names, to "
+        "run again by name (or as run_<name>)",
+    )
+
+
 class AgentInfo(BaseModel):
     name: str
     role: str

@@ -20,13 +20,15 @@ from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, CallToolResult, GetPromptResult, InputRequiredResult
+from mcp_types import INTERNAL_ERROR, CallToolResult, GetPromptResult, InputRequiredResult, Tool
 
 from qmcp import __version__
+from qmcp.agentframework import telemetry
 from qmcp.agentframework.llm import ProviderRegistry
-from qmcp_server import prompts, resources, tools, ui
+from qmcp_server import completions, prompts, resources, tasks, tools, ui
 from qmcp_server.errors import invalid_params
 from qmcp_server.sampling import SamplingProvider
+from qmcp_server.shortcuts import RunTools
 from qmcp_server.state import ServerState
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -36,23 +38,40 @@ qmcp-server runs multi-agent LLM workflows. Typical flow: mixins_list and agents
 exists; agents_create for each agent (role + model: 'offline' needs no key, claude-… ids need
 ANTHROPIC_API_KEY on the server, 'sampling' asks your own model); topologies_create to put agents
 in slots (see topologies_create for each kind's slots); topologies_run with
-an input object such as {"prompt": "..."}; read qmcp://executions/{id} for the full record. Long
-runs: topologies_run with wait=false returns an execution id at once; poll executions_get."""
+an input object such as {"prompt": "..."}; read qmcp://executions/{id} for the full record. In
+one call: topologies_run with topology={"topology_type": ..., "slots": {slot: {"role": ...,
+"model": ...}}} stores nothing but the execution; a stored topology is also the tool
+run_<name>. Long runs: topologies_run and executions_resume run as MCP tasks for clients that
+support them (the task id is the execution id); otherwise pass wait=false to get the execution id
+at once and read executions_get until it ends."""
 
 
 class QmcpServer(MCPServer):
     """MCPServer answering requests it cannot take with JSON-RPC's -32602 (Invalid params), as the
     MCP spec has it: an unknown tool (the SDK returns an error result), an unknown prompt or a
     prompt's missing or unknown arguments (the SDK sends code 0, or a bare -32603 on 2026-07-28).
+    It also offers each stored topology as a tool, `run_<name>` (`qmcp_server.shortcuts`).
     """
+
+    run_tools: RunTools | None = None
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         if self._tool_manager.get_tool(name) is None:
+            if self.run_tools is not None and context is not None:
+                result = await self.run_tools.call(name, arguments, context)
+                if result is not None:
+                    return result
             known = ", ".join(sorted(t.name for t in self._tool_manager.list_tools()))
             raise invalid_params(f"unknown tool {name!r}; known: {known}")
         return await super().call_tool(name, arguments, context)
+
+    async def list_tools(self) -> list[Tool]:
+        listed = await super().list_tools()
+        if self.run_tools is not None:
+            listed += await self.run_tools.list()
+        return tasks.with_task_support(listed)
 
     async def get_prompt(
         self,
@@ -85,6 +104,7 @@ def build_server(db_url: str | None = None, *, remote: bool = False) -> MCPServe
     may not start programs on this machine (tool servers with a command) unless
     QMCP_ALLOW_REMOTE_TOOL_COMMANDS=1."""
     state = ServerState(db_url, remote=remote)
+    telemetry.setup()  # OTLP export when configured, so the SDK's request spans go out too
     # Registering loads no plugins; the registries load them (QMCP_PLUGINS included) on their
     # first look-up, which a tool call makes, so `tools/list` pays for none of them.
     ProviderRegistry.register("sampling", SamplingProvider)
@@ -100,15 +120,23 @@ def build_server(db_url: str | None = None, *, remote: bool = False) -> MCPServe
             check.cancel()
             await state.runs.shutdown()
 
-    mcp: MCPServer = QmcpServer(
+    long_runs = tasks.extension(state)  # MCP tasks, both eras (qmcp_server.tasks)
+    mcp = QmcpServer(
         name="qmcp-server",
         title="qmcp: multi-agent LLM topologies",
         instructions=INSTRUCTIONS,
         version=__version__,
         lifespan=lifespan,
         log_level=log_level(),
-        extensions=[ui.apps_extension()],  # the run view as an MCP App
+        extensions=[ui.apps_extension(), long_runs],  # the run view as an MCP App; tasks
+        subscriptions=state.notifier.bus,  # 2026-07-28 `subscriptions/listen` (qmcp_server.notify)
     )
+    # The 2025-era subscribe, unsubscribe and setLevel have no MCPServer decorator; the SDK
+    # keeps its low-level server private for now (its own in-memory transport reaches it so).
+    state.notifier.install(mcp._lowlevel_server)
+    mcp.run_tools = RunTools(state)
+    completions.register(mcp, state)
+    tasks.register(mcp, long_runs)
     tools.register(mcp, state)
     resources.register(mcp, state)
     prompts.register(mcp, state)

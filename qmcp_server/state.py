@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qmcp_server.notify import Notifier
 from qmcp_server.runs import BackgroundRuns
 
 
@@ -15,3 +16,8 @@ class ServerState:
     db_url: str | None = None
     runs: BackgroundRuns = field(default_factory=BackgroundRuns)
     remote: bool = False  # clients reach it over HTTP (see `build_server`)
+
+    @property
+    def notifier(self) -> Notifier:
+        """Who hears of changes (subscriptions, list changes, a run's log lines)."""
+        return self.runs.notifier

@@ -257,7 +257,8 @@ async def protocol_error(request: Awaitable[object]) -> tuple[int, str]:
         (
             "no_such_prompt",
             {"request": "x"},
-            "unknown prompt 'no_such_prompt'; known: run_workflow",
+            "unknown prompt 'no_such_prompt'; known: build_topology, create_agent, "
+            "explain_execution, run_workflow",
         ),
         ("run_workflow", {}, "needs the argument(s): request"),
         ("run_workflow", {"style": "pipeline"}, "needs the argument(s): request"),

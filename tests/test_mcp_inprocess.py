@@ -15,7 +15,7 @@ from qmcp.agentframework.store import Store
 from qmcp.agentframework.topologies import TopologyRegistry
 from qmcp_server.server import build_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 MODES = [pytest.param({}, id="stateless-2026"), pytest.param({"mode": "legacy"}, id="legacy")]
 EXPECTED_TOOLS = {
     "agents_list",
@@ -364,7 +364,7 @@ async def test_sampling_agent_answered_by_the_client_model_in_legacy_mode(db_url
     ("kwargs", "expected"),
     [
         ({"mode": "legacy"}, "does not support sampling"),
-        ({}, "cannot ask the client's model mid-call"),
+        ({}, "does not support sampling"),  # stateless: asked in rounds, if it can sample
     ],
 )
 async def test_sampling_fails_clearly_where_the_protocol_or_client_cannot(
@@ -381,7 +381,12 @@ async def test_prompt_and_listing_tools(db_url: str) -> None:
     async with Client(build_server(db_url)) as client:
         await make_pipeline(client)
         prompts = (await client.list_prompts()).prompts
-        assert [p.name for p in prompts] == ["run_workflow"]
+        assert [p.name for p in prompts] == [
+            "run_workflow",
+            "build_topology",
+            "create_agent",
+            "explain_execution",
+        ]
         prompt = await client.get_prompt("run_workflow", {"request": "compare two laptops"})
         text = prompt.messages[0].content.text  # type: ignore[union-attr]
         assert "compare two laptops" in text and "pipe_doer" in text

@@ -18,7 +18,12 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError as PydanticValidationError
 
 from qmcp.agentframework.diagram import mermaid
-from qmcp.agentframework.errors import ConflictError, ValidationError, describe_validation_error
+from qmcp.agentframework.errors import (
+    ConflictError,
+    NotFoundError,
+    ValidationError,
+    describe_validation_error,
+)
 from qmcp.agentframework.mixins import MixinRegistry
 from qmcp.agentframework.models import (
     AgentConfig,
@@ -57,6 +62,7 @@ MAX_DESCRIPTION = 10_000
 TOPOLOGY_PREFIX = "topology:"
 MAX_ID = 2**63 - 1  # the largest INTEGER SQLite and PostgreSQL's BIGINT hold
 MAX_PRUNE_DAYS = 36_500  # a century
+INLINE_NAME = "inline"  # an inline topology's name when it is given none
 
 T = TypeVar("T")
 
@@ -162,6 +168,41 @@ async def create_agent(
     """Create an agent type. `tools` are MCP servers (see `ToolServer`); `base_url` and
     `api_key_env` set the endpoint of its model (openai); `fallback_models` are model specs
     that answer, in order, when the primary fails for good."""
+    agent = build_agent(
+        name,
+        role,
+        description=description,
+        model=model,
+        system_prompt=system_prompt,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        capabilities=capabilities,
+        tools=tools,
+        max_tool_calls=max_tool_calls,
+        fallback_models=fallback_models,
+        base_url=base_url,
+        api_key_env=api_key_env,
+    )
+    return await Store(db_url).add_agent(agent)
+
+
+def build_agent(
+    name: str,
+    role: str | AgentRole,
+    *,
+    description: str | None = None,
+    model: str | ModelConfig | None = None,
+    system_prompt: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    capabilities: list[dict[str, Any]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    max_tool_calls: int | None = None,
+    fallback_models: list[str] | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+) -> AgentType:
+    """An agent type checked as `create_agent` checks it, not stored (an inline topology's)."""
     check_name("agent", name)
     check_text("role", role)
     parsed_role = AgentRole.parse(role)
@@ -178,13 +219,12 @@ async def create_agent(
         base_url=base_url,
         api_key_env=api_key_env,
     )
-    agent = AgentType(
+    return AgentType(
         name=name,
         description=check_description(description),
         role=parsed_role,
         config=config.model_dump(mode="json"),
     )
-    return await Store(db_url).add_agent(agent)
 
 
 async def update_agent(
@@ -554,6 +594,109 @@ async def start_run(
     return StartedRun(runner, await runner.start(topology, agents, data))
 
 
+async def start_inline_run(
+    topology_type: str,
+    slots: Mapping[str, str | Mapping[str, Any]],
+    input_data: Mapping[str, Any] | str,
+    *,
+    name: str = INLINE_NAME,
+    config: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    save: bool = False,
+    runner_type: str = "local",
+    run_config: RunConfig | Mapping[str, Any] | None = None,
+    max_concurrent: int | None = None,
+    db_url: str | None = None,
+) -> StartedRun:
+    """Run a topology given whole in the call: each slot names a stored agent (or
+    `topology:<name>`) or defines an agent inline (`build_agent`'s fields, `name` defaulting to
+    the slot's). Nothing but the execution is stored, and its snapshot holds every definition,
+    so it resumes like any other; `save` stores the inline agents and the topology under their
+    names first (all checked before anything is written; none kept if one is refused).
+    """
+    check_name("topology", name)
+    check_text("topology type", topology_type)
+    check_text("config", config)
+    description = check_description(description)
+    kind = TopologyRegistry.get(topology_type)
+    parsed = kind.validate(dict(config or {}), list(slots))
+    data = parse_json_object(input_data, "input") if isinstance(input_data, str) else input_data
+    runner = make_runner(
+        runner_type, config=_run_config(run_config), max_concurrent=max_concurrent, db_url=db_url
+    )
+    store = Store(db_url)
+    members: dict[str, Any] = {}  # slot -> AgentType or SubTopology, as the store gives them
+    inline: list[AgentType] = []
+    for slot, member in slots.items():
+        check_slot(slot)
+        if isinstance(member, str):
+            check_text(f"slot {slot!r}", member)
+            if member.startswith(TOPOLOGY_PREFIX):
+                sub_name = member[len(TOPOLOGY_PREFIX) :]
+                members[slot] = SubTopology(*await get_topology(sub_name, db_url))
+            else:
+                members[slot] = await store.get_agent(member)
+            continue
+        fields = dict(member)
+        agent_name = fields.pop("name", None) or slot
+        try:
+            members[slot] = build_agent(agent_name, fields.pop("role", ""), **fields)
+        except (TypeError, ValidationError) as exc:  # TypeError: a field it does not take
+            raise ValidationError(f"slot {slot!r}: {exc}") from None
+        inline.append(members[slot])
+    topology = Topology(
+        name=name,
+        description=description,
+        topology_type=kind.type,
+        config=parsed.model_dump(mode="json"),
+    )
+    if save:
+        topology, members = await _save_inline(store, topology, members, inline)
+    elif await _topology_exists(store, name):
+        raise ConflictError(
+            f"a stored topology is named {name!r}; run it by name, or give the inline topology "
+            "another name (or none) so its executions are not taken for that one's"
+        )
+    return StartedRun(runner, await runner.start(topology, members, data))
+
+
+async def _topology_exists(store: Store, name: str) -> bool:
+    try:
+        await store.get_topology_row(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def _save_inline(
+    store: Store,
+    topology: Topology,
+    members: dict[str, Any],
+    inline: list[AgentType],
+) -> tuple[Topology, dict[str, Any]]:
+    """Store an inline topology's new agents, then the topology; a refusal on the way takes
+    back the agents already stored, so a failed save leaves nothing behind."""
+    saved: list[AgentType] = []
+    try:
+        for agent in inline:
+            saved.append(await store.add_agent(agent))
+        by_name = {agent.name: agent for agent in saved}
+        stored_members = {
+            slot: by_name.get(member.name, member) if isinstance(member, AgentType) else member
+            for slot, member in members.items()
+        }
+        slots = {
+            slot: member.topology if isinstance(member, SubTopology) else member
+            for slot, member in stored_members.items()
+        }
+        stored = await store.add_topology(topology, slots)
+    except BaseException:
+        for agent in saved:
+            await store.delete_agent(agent.name)
+        raise
+    return stored, stored_members
+
+
 async def claim_run(
     execution_id: str | uuid.UUID,
     *,
@@ -732,6 +875,26 @@ async def list_executions(
     return await Store(db_url).list_executions(limit=limit, status=status, topology=topology)
 
 
+async def execution_ids(prefix: str, limit: int = 100, db_url: str | None = None) -> list[str]:
+    """The ids of the executions whose id starts with `prefix` (dashes optional), newest first:
+    what completing an execution id offers. Not an id's start: none."""
+    from sqlmodel import col, select
+
+    digits = prefix.strip().lower().replace("-", "")
+    if not re.fullmatch(r"[0-9a-f]{0,32}", digits):
+        return []
+    # The ids that start with `digits` are one range of the primary key (`resolve_execution_id`).
+    low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    query = (
+        select(Execution.id)
+        .where(col(Execution.id).between(low, high))
+        .order_by(col(Execution.created_at).desc())
+        .limit(limit)
+    )
+    async with Store(db_url).session() as s:
+        return [str(ident) for ident in (await s.execute(query)).scalars()]
+
+
 async def get_execution(
     execution_id: str | uuid.UUID, db_url: str | None = None
 ) -> tuple[Execution, list[Invocation]]:
@@ -763,6 +926,19 @@ async def list_approvals(
             f"unknown approval status {status!r}; use pending, approved or rejected"
         )
     return await Store(db_url).list_approvals(status, limit)
+
+
+async def execution_approvals(
+    execution_id: str | uuid.UUID, db_url: str | None = None
+) -> list[Approval]:
+    """Every approval an execution asked for (pending and decided), oldest first."""
+    from sqlmodel import col, select
+
+    store = Store(db_url)
+    ident = await store.resolve_execution_id(execution_id)
+    query = select(Approval).where(col(Approval.execution_id) == ident).order_by(col(Approval.id))
+    async with store.session() as s:
+        return list((await s.execute(query)).scalars())
 
 
 async def answer_approval(

@@ -3,17 +3,21 @@ topologies_delete, topologies_run."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import InputRequiredResult
 from pydantic import Field
 
 from qmcp_server.runs import launch
-from qmcp_server.schemas import Deleted, RunOutcome, TopologyInfo, TopologyList
+from qmcp_server.sampling import resumed_execution
+from qmcp_server.schemas import Deleted, InlineTopology, RunOutcome, TopologyInfo, TopologyList
+from qmcp_server.shortcuts import start_inline, tools_changed
 from qmcp_server.state import ServerState
 from qmcp_server.tools.common import CREATE, DELETE, READ_ONLY, RUN, UPDATE, tool
 from qmcp_server.ui import view_tool
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 RunnerName = Annotated[str, Field(description="local, async or metaflow (see runners_list)")]
 
 # Update: repeating it changes nothing more; delete: gone for good (executions keep their records).
@@ -54,6 +58,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
                 max_length=100,
             ),
         ],
+        ctx: Context,
         config: Annotated[
             dict[str, Any] | None,
             Field(description="the kind's config, e.g. {'aggregation_method': 'vote'}"),
@@ -66,6 +71,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         topology = await service.create_topology(
             name, topology_type, slots, config=config, description=description, db_url=db_url
         )
+        await tools_changed(state, ctx)  # a new run_<name> tool
         return TopologyInfo(**service.topology_to_dict(topology, slots, diagram=True))
 
     @tool(mcp, READ_ONLY)
@@ -79,6 +85,7 @@ def register(mcp: MCPServer, state: ServerState) -> None:
     @tool(mcp, UPDATE)
     async def topologies_update(
         name: Annotated[str, Field(description="the topology to change", max_length=100)],
+        ctx: Context,
         description: Annotated[str | None, Field(max_length=10_000)] = None,
         config: Annotated[
             dict[str, Any] | None,
@@ -100,20 +107,31 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         topology, new_slots = await service.update_topology(
             name, description=description, config=config, slots=slots, db_url=db_url
         )
+        await tools_changed(state, ctx)  # run_<name>'s description and input may change
         return TopologyInfo(**service.topology_to_dict(topology, new_slots, diagram=True))
 
     @tool(mcp, DELETE)
-    async def topologies_delete(name: Annotated[str, Field(max_length=100)]) -> Deleted:
+    async def topologies_delete(
+        name: Annotated[str, Field(max_length=100)], ctx: Context
+    ) -> Deleted:
         """Delete a topology. Refused while another topology nests it (the message names
         them); its executions and their records stay."""
         from qmcp.agentframework import service
 
         await service.delete_topology(name, db_url)
+        await tools_changed(state, ctx)  # run_<name> is gone
         return Deleted(name=name, message=f"deleted topology {name!r}")
 
     @view_tool(mcp, RUN)  # the MCP App shows the run live (qmcp_server.ui)
     async def topologies_run(
-        topology: Annotated[str, Field(description="the topology's name", max_length=100)],
+        topology: Annotated[
+            str | InlineTopology,
+            Field(
+                description="the stored topology's name, or an inline topology {topology_type, "
+                "slots: {slot: {role, model, system_prompt, …} or an agent's name}, config} "
+                "run without storing it (save: true stores it)"
+            ),
+        ],
         input: Annotated[
             dict[str, Any] | str,
             Field(description='a JSON object such as {"prompt": "..."} (or its JSON text)'),
@@ -133,15 +151,35 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         timeout_seconds: Annotated[
             int | None, Field(ge=1, le=86_400, description="stop the run after this long")
         ] = None,
-    ) -> RunOutcome:
+        log_level: Annotated[
+            LogLevel | None,
+            Field(
+                description="the run's log lines kept (default INFO); sent to you as log "
+                "messages at the level you asked for"
+            ),
+        ] = None,
+    ) -> RunOutcome | InputRequiredResult:
         """Run a topology and record the execution; see qmcp://executions/{id} for the record."""
         from qmcp.agentframework import service
 
+        options = {"timeout_seconds": timeout_seconds, "log_level": log_level}
+        run_config = {key: value for key, value in options.items() if value} or None
+        resumed = resumed_execution(ctx)  # a stateless client answering the run's questions
+        if resumed is not None:
+            started = await service.claim_run(
+                resumed, runner_type=runner, config=run_config, db_url=db_url
+            )
+            return await launch(ctx, state.runs, started, wait)
+        if isinstance(topology, InlineTopology):
+            started = await start_inline(
+                state, ctx, topology, input, runner, run_config, max_concurrent
+            )
+            return await launch(ctx, state.runs, started, wait)
         started = await service.start_run(
             topology,
             input,
             runner_type=runner,
-            config={"timeout_seconds": timeout_seconds} if timeout_seconds else None,
+            config=run_config,
             max_concurrent=max_concurrent,
             db_url=db_url,
         )
