@@ -31,5 +31,10 @@ async def broken(request: LLMRequest) -> str:
     raise ProviderError(f"{request.slot} is broken on purpose")
 
 
-register_function("gated", gated)
-register_function("broken", broken)
+def register() -> None:
+    """(Again:) a test elsewhere in the session may have reset the function registry."""
+    register_function("gated", gated)
+    register_function("broken", broken)
+
+
+register()  # on import, for a server that loads this module through QMCP_PLUGINS

@@ -42,6 +42,8 @@ APPLIES = {
     "logging-set-level": "logging/setLevel answers {} (issue 14, point 3)",
     "resources-subscribe": "resources/subscribe answers {} (issue 14, point 2)",
     "resources-unsubscribe": "resources/unsubscribe answers {} (issue 14, point 2)",
+    "completion-complete": "completion/complete answers (issue 14, point 4); for a prompt this "
+    "server does not have (the suite's fixture prompt) it answers an empty completion",
 }
 
 # Scenarios that use the suite's fixture server's tools, prompts or resources by name: the
@@ -73,11 +75,6 @@ FIXTURES: dict[str, tuple[str, str]] = {
     "prompts-get-with-args": ("test_prompt_with_arguments", "a fixture prompt"),
     "prompts-get-embedded-resource": ("test_prompt_with_embedded_resource", "a fixture prompt"),
     "prompts-get-with-image": ("test_prompt_with_image", "a fixture prompt"),
-    "completion-complete": (
-        "test_prompt_with_arguments",
-        "completes an argument of a fixture prompt; for a prompt it does not have this server "
-        "answers -32602 (Invalid params), as the spec's completion page says it should",
-    ),
 }
 
 

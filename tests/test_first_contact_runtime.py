@@ -47,7 +47,7 @@ def test_the_ctrl_c_test_passes_with_sigint_ignored_as_in_nohup_background() -> 
             "-q",
             str(ROOT / "tests" / "test_cancellation.py"),
             "-k",
-            "ctrl_c",
+            "ctrl_c and sqlite",
         ],
         capture_output=True,
         text=True,

@@ -33,6 +33,11 @@ MODES = [pytest.param({}, id="stateless-2026"), pytest.param({"mode": "legacy"},
 WAIT = 30.0  # seconds: a bound for things that happen in milliseconds, never a sleep
 
 
+@pytest.fixture(autouse=True)
+def _gate_functions() -> None:
+    gate_functions.register()
+
+
 @pytest.fixture
 def gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The file whose existence lets `function:gated` answer."""
