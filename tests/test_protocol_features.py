@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import gate_functions  # noqa: F401  (registers function:gated and function:broken)
+import gate_functions  # function:gated and function:broken
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
