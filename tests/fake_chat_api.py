@@ -161,6 +161,10 @@ class ChatAPIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes: without TCP_NODELAY, Nagle's algorithm
+            # holds the body until the client's delayed ACK (~40 ms a response), as no real API
+            # server does.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
