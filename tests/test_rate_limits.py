@@ -66,15 +66,18 @@ async def test_a_refusal_halves_the_concurrency_in_use_once_per_epoch() -> None:
     tokens = await admitted(limiter, 50)
     assert limiter.release(tokens[0], "rate_limited") is True, "refused with company: flow control"
     assert limiter.limit == 25 and limiter.decreases == 1
-    for token in tokens[1:30]:  # the same news from calls already in flight
+    for token in tokens[1:30]:  # the same news from calls already in flight: no second halving,
         assert limiter.release(token, "rate_limited") is True
-    assert limiter.limit == 25 and limiter.decreases == 1
-    # A call admitted after the decrease is refused: that is news, and halves again.
-    for token in tokens[30:]:
+    assert limiter.decreases == 1
+    # ... but the limit follows the calls still in flight down: those are what was admitted.
+    assert limiter.in_flight == 20 and limiter.limit == 20
+    for token in tokens[30:]:  # 20 in flight at once all went through: 20 held
         limiter.release(token, "ok")
-    fresh = await admitted(limiter, 25)
+    assert limiter.stable == 20 and limiter.limit == 21
+    # A call admitted after the decrease is refused at 20: that is news, and halves again.
+    fresh = await admitted(limiter, 20)
     limiter.release(fresh[0], "rate_limited")
-    assert limiter.limit == 12 and limiter.decreases == 2
+    assert limiter.limit == 10 and limiter.decreases == 2
 
 
 async def test_a_lone_refusal_is_not_flow_control_and_the_floor_is_one() -> None:
@@ -90,7 +93,7 @@ async def test_additive_increase_one_per_window_of_successes_while_the_limit_bin
     (token,) = await admitted(limiter, 1)
     limiter.limit = 8
     limiter.release(token, "rate_limited")  # alone: the limit was 8, the concurrency 1
-    assert limiter.limit == 1 and limiter.recover_to == 1, "nothing held before: plain AIMD"
+    assert limiter.limit == 1 and limiter.stable == 0, "nothing held before: plain AIMD"
     limiter.limit = 4
     for expected in (5, 6, 7):
         window = await admitted(limiter, limiter.limit)
@@ -115,19 +118,37 @@ async def test_no_increase_when_the_limit_does_not_bind() -> None:
     assert limiter.limit == limit
 
 
-async def test_a_refusal_above_a_level_that_held_returns_to_it_one_per_success() -> None:
+async def test_a_refused_probe_returns_to_the_level_that_held_and_probes_less_often() -> None:
     limiter = AdaptiveLimiter()
     limiter.limit, limiter.stable = 9, 8  # 8 held for a window; 9 is the probe
     tokens = await admitted(limiter, 9)
     limiter.release(tokens[-1], "rate_limited")
-    assert limiter.limit == 4 and limiter.recover_to == 8
-    for expected, token in zip((5, 6, 7, 8, 8, 8, 8, 8), tokens[:-1], strict=True):
+    assert limiter.limit == 8 and limiter.probe_windows == 2, "straight back to 8, not to 4"
+    for token in tokens[:-1]:  # the first of two windows of 8 successes before the next probe
         limiter.release(token, "ok")
-        assert limiter.limit == expected
+    assert limiter.limit == 8
+    tokens = await admitted(limiter, 8)
+    for token in tokens:
+        limiter.release(token, "ok")
+    assert limiter.limit == 9, "the second window: probe again"
+    tokens = await admitted(limiter, 9)
+    limiter.release(tokens[-1], "rate_limited")  # refused again: four windows next time
+    assert limiter.limit == 8 and limiter.probe_windows == 4
+    for token in tokens[:-1]:
+        limiter.release(token, "ok")
     # Refused at or below the level that held: it no longer holds, plain AIMD from here.
     tokens = await admitted(limiter, 8)
     limiter.release(tokens[0], "rate_limited")
-    assert limiter.limit == 4 and limiter.stable == 0 and limiter.recover_to == 4
+    assert limiter.limit == 4 and limiter.stable == 0 and limiter.probe_windows == 1
+
+
+async def test_a_probe_that_holds_becomes_the_level_and_resets_the_back_off() -> None:
+    limiter = AdaptiveLimiter()
+    limiter.limit, limiter.stable, limiter.probe_windows = 9, 8, 4
+    tokens = await admitted(limiter, 9)
+    for token in tokens:
+        limiter.release(token, "ok")
+    assert limiter.stable == 9 and limiter.limit == 10 and limiter.probe_windows == 1
 
 
 async def test_retry_after_holds_new_calls_back_and_other_failures_teach_nothing() -> None:

@@ -4,9 +4,12 @@ Every run in the process that calls one endpoint (a provider and its base URL) s
 `AdaptiveLimiter` (one per event loop: its waiters belong to a loop). Until the endpoint refuses
 for load it bounds nothing; on a refusal (`RateLimited`: HTTP 429 or 529) it halves the
 concurrency in use and holds new calls back for as long as Retry-After says, then probes upward
-again: +1 per success while below the last level that held (a quick return to it), +1 per window
-of `limit` successes above it (additive increase). So a wide fan-out settles on what the provider
-admits instead of failing, and one probe per window finds out when it admits more.
+again: +1 per window of `limit` successes (additive increase). A level that held for a whole
+window is remembered: a probe refused above it goes straight back to it (not to half), and the
+next probe at that level waits twice as many windows (up to `MAX_PROBE_WINDOWS`), so an endpoint
+whose limit does not move costs one refused call now and then instead of a sawtooth. So a wide
+fan-out settles on what the provider admits instead of failing, and still finds out when the
+provider admits more.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from qmcp.agentframework.errors import ProviderError
 # Calls at once before the endpoint has said anything: in effect no bound (the run's own
 # concurrency bounds it); the limiter never grows the limit above the concurrency it has seen.
 DEFAULT_CEILING = 1024
+# A probe above a level that held, refused again and again, is tried at most this many windows
+# apart (windows of `limit` successes).
+MAX_PROBE_WINDOWS = 16
 
 Outcome = Literal["ok", "rate_limited", "other"]
 
@@ -75,7 +81,7 @@ class AdaptiveLimiter:
         self.limit = self.ceiling
         self.in_flight = 0
         self.stable = 0  # the highest level that held for a whole window (0: none known)
-        self.recover_to = 0  # below this, +1 per success: a quick return to a level that held
+        self.probe_windows = 1  # windows at the level that held before probing above it again
         self.epoch = 0
         self.decreases = 0
         self.increases = 0
@@ -155,29 +161,38 @@ class AdaptiveLimiter:
                 self._resume_at = max(self._resume_at, loop.time() + retry_after)
             if token == self.epoch:
                 self._decrease(in_use)
+            elif token == self.epoch - 1 and 0 < self.in_flight < self.limit:
+                # The rest of the burst the decrease answered: each refusal back says the calls
+                # still in flight are about what the endpoint admits, so the limit follows them
+                # down (a burst of 50 against an endpoint admitting 8 settles near 8 at once,
+                # not by halving 50 -> 25 -> 12 -> 6 one round trip at a time).
+                self._set_limit(self.in_flight)
         self._wake()
         return flow_control
 
     def _succeeded(self) -> None:
-        if self.limit < self.recover_to:
-            self._set_limit(self.limit + 1)
-            return
         if not self._saturated or self.limit >= self.ceiling:
             return  # the limit did not bound anything: no evidence that more would pass
         self._successes += 1
-        if self._successes >= self.limit:
+        windows = self.probe_windows if self.limit == self.stable else 1
+        if self._successes >= self.limit * windows:
+            if self.limit > self.stable:
+                self.probe_windows = 1  # a new level held: probe above it as usual
             self.stable = self.limit
             self.increases += 1
             self._set_limit(self.limit + 1)
 
     def _decrease(self, in_use: int) -> None:
         level = min(self.limit, in_use)
-        new = max(1, level // 2)
         if 0 < self.stable < level:
-            self.recover_to = self.stable  # refused above a level that held: go back to it
+            # A probe above a level that held was refused: back to that level at once, and
+            # probe above it less often while it keeps being refused.
+            new = self.stable
+            self.probe_windows = min(MAX_PROBE_WINDOWS, self.probe_windows * 2)
         else:
+            new = max(1, level // 2)
             self.stable = 0  # refused at or below it: what held no longer does
-            self.recover_to = new
+            self.probe_windows = 1
         self.epoch += 1
         self.decreases += 1
         self._set_limit(new)
