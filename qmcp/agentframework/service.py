@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -148,42 +148,29 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
 # -- agents ---------------------------------------------------------------------------------
 
 
+class AgentFields(TypedDict, total=False):
+    """What an agent is made of besides its name and role (`build_agent`'s keywords)."""
+
+    description: str | None
+    model: str | ModelConfig | None
+    system_prompt: str | None
+    temperature: float | None
+    max_tokens: int | None
+    capabilities: list[dict[str, Any]] | None
+    tools: list[dict[str, Any]] | None
+    max_tool_calls: int | None
+    fallback_models: list[str] | None
+    base_url: str | None
+    api_key_env: str | None
+
+
 async def create_agent(
-    name: str,
-    role: str | AgentRole,
-    *,
-    description: str | None = None,
-    model: str | ModelConfig | None = None,
-    system_prompt: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    capabilities: list[dict[str, Any]] | None = None,
-    tools: list[dict[str, Any]] | None = None,
-    max_tool_calls: int | None = None,
-    fallback_models: list[str] | None = None,
-    base_url: str | None = None,
-    api_key_env: str | None = None,
-    db_url: str | None = None,
+    name: str, role: str | AgentRole, *, db_url: str | None = None, **fields: Unpack[AgentFields]
 ) -> AgentType:
-    """Create an agent type. `tools` are MCP servers (see `ToolServer`); `base_url` and
-    `api_key_env` set the endpoint of its model (openai); `fallback_models` are model specs
-    that answer, in order, when the primary fails for good."""
-    agent = build_agent(
-        name,
-        role,
-        description=description,
-        model=model,
-        system_prompt=system_prompt,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        capabilities=capabilities,
-        tools=tools,
-        max_tool_calls=max_tool_calls,
-        fallback_models=fallback_models,
-        base_url=base_url,
-        api_key_env=api_key_env,
-    )
-    return await Store(db_url).add_agent(agent)
+    """Create an agent type (checked as `build_agent` checks it). `tools` are MCP servers (see
+    `ToolServer`); `base_url` and `api_key_env` set the endpoint of its model (openai);
+    `fallback_models` are model specs that answer, in order, when the primary fails for good."""
+    return await Store(db_url).add_agent(build_agent(name, role, **fields))
 
 
 def build_agent(
