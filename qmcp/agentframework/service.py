@@ -865,21 +865,10 @@ async def list_executions(
 async def execution_ids(prefix: str, limit: int = 100, db_url: str | None = None) -> list[str]:
     """The ids of the executions whose id starts with `prefix` (dashes optional), newest first:
     what completing an execution id offers. Not an id's start: none."""
-    from sqlmodel import col, select
-
     digits = prefix.strip().lower().replace("-", "")
     if not re.fullmatch(r"[0-9a-f]{0,32}", digits):
         return []
-    # The ids that start with `digits` are one range of the primary key (`resolve_execution_id`).
-    low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
-    query = (
-        select(Execution.id)
-        .where(col(Execution.id).between(low, high))
-        .order_by(col(Execution.created_at).desc())
-        .limit(limit)
-    )
-    async with Store(db_url).session() as s:
-        return [str(ident) for ident in (await s.execute(query)).scalars()]
+    return [str(ident) for ident in await Store(db_url).execution_ids(digits, limit)]
 
 
 async def get_execution(
@@ -919,13 +908,8 @@ async def execution_approvals(
     execution_id: str | uuid.UUID, db_url: str | None = None
 ) -> list[Approval]:
     """Every approval an execution asked for (pending and decided), oldest first."""
-    from sqlmodel import col, select
-
     store = Store(db_url)
-    ident = await store.resolve_execution_id(execution_id)
-    query = select(Approval).where(col(Approval.execution_id) == ident).order_by(col(Approval.id))
-    async with store.session() as s:
-        return list((await s.execute(query)).scalars())
+    return await store.approvals_of(await store.resolve_execution_id(execution_id))
 
 
 async def answer_approval(
@@ -1057,12 +1041,12 @@ async def execution_view(
     store = Store(db_url)
     execution = await store.get_execution(execution_id)
     rows = await store.invocations(execution.id)
-    gated = _gated_agents(execution.snapshot)
-    approvals = []
-    for key in dict.fromkeys(r.key for r in rows if r.agent_name in gated):
-        approval = await store.approval_for(execution.id, key)
-        if approval is not None:
-            approvals.append(approval_to_dict(approval))
+    # The approvals of its invocations (human_in_loop's, at the invocation's own key), in one
+    # read; a tool call's approval has a key of its own (`key#…`).
+    keys = {r.key for r in rows}
+    approvals = [
+        approval_to_dict(a) for a in await store.approvals_of(execution.id) if a.key in keys
+    ]
     in_flight: dict[str, dict[str, Any]] = {}
     if execution.status == ExecutionStatus.RUNNING:
         for key, turns in (await store.turns(execution.id)).items():
@@ -1083,20 +1067,6 @@ async def execution_view(
         approvals,
         in_flight,
     )
-
-
-def _gated_agents(snapshot: Mapping[str, Any] | None) -> set[str]:
-    """Names of the snapshot's agents (nested topologies included) that ask for approvals."""
-    names: set[str] = set()
-    for member in ((snapshot or {}).get("agents") or {}).values():
-        if "subtopology" in member:
-            names |= _gated_agents(member["subtopology"])
-        elif any(
-            isinstance(c, dict) and c.get("name") == "human_in_loop" and c.get("enabled", True)
-            for c in (member.get("config") or {}).get("capabilities") or []
-        ):
-            names.add(str(member.get("name")))
-    return names
 
 
 async def execution_totals(

@@ -771,16 +771,7 @@ class Store:
         parsed = parse_execution_ref(execution_id)
         if isinstance(parsed, uuid.UUID):
             return parsed
-        # The ids that start with `parsed` are one range of the primary key, on every backend:
-        # SQLite stores 32 lowercase hex characters, PostgreSQL's uuid orders by its bytes.
-        low, high = uuid.UUID(parsed.ljust(32, "0")), uuid.UUID(parsed.ljust(32, "f"))
-        query = (
-            select(EXECUTIONS.c.id)
-            .where(EXECUTIONS.c.id.between(low, high))
-            .order_by(EXECUTIONS.c.id)
-            .limit(AMBIGUOUS_SHOWN + 1)
-        )
-        found = await self._read(lambda s: [uuid.UUID(str(i)) for i in s.execute(query).scalars()])
+        found = await self._ids_from(parsed, EXECUTIONS.c.id, AMBIGUOUS_SHOWN + 1)
         if len(found) == 1:
             return found[0]
         if not found:
@@ -793,6 +784,23 @@ class Store:
             f"execution id prefix {str(execution_id).strip()!r} is ambiguous: it matches "
             f"{shown}{more}; give more of the id"
         )
+
+    async def execution_ids(self, digits: str, limit: int) -> list[uuid.UUID]:
+        """The ids of the executions that start with the hex `digits` (lowercase, no dashes),
+        newest first: what completing an execution id offers."""
+        return await self._ids_from(digits, EXECUTIONS.c.created_at.desc(), limit)
+
+    async def _ids_from(self, digits: str, order: Any, limit: int) -> list[uuid.UUID]:
+        # The ids that start with `digits` are one range of the primary key, on every backend:
+        # SQLite stores 32 lowercase hex characters, PostgreSQL's uuid orders by its bytes.
+        low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+        query = (
+            select(EXECUTIONS.c.id)
+            .where(EXECUTIONS.c.id.between(low, high))
+            .order_by(order)
+            .limit(limit)
+        )
+        return await self._read(lambda s: [uuid.UUID(str(i)) for i in s.execute(query).scalars()])
 
     async def get_execution(self, execution_id: uuid.UUID | str) -> Execution:
         """One execution, by its id or a unique prefix of it."""
@@ -953,6 +961,16 @@ class Store:
                     )
                 )
             ).scalar()
+
+    async def approvals_of(self, execution_id: uuid.UUID) -> list[Approval]:
+        """Every approval an execution asked for (pending and decided), oldest first."""
+        query = (
+            select(Approval)
+            .where(col(Approval.execution_id) == execution_id)
+            .order_by(col(Approval.id))
+        )
+        async with self.session() as s:
+            return list((await s.execute(query)).scalars())
 
     async def add_approval(self, approval: Approval) -> Approval:
         return await self._add(
