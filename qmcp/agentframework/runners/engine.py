@@ -111,6 +111,13 @@ class InvocationEvent:
 EventHandler = Callable[[InvocationEvent], Awaitable[None] | None]
 
 
+async def deliver(on_event: EventHandler, event: InvocationEvent) -> None:
+    """Hand `event` to a handler, which may be a plain function or a coroutine function."""
+    result = on_event(event)
+    if inspect.isawaitable(result):
+        await result
+
+
 # Rows a run without checkpointing hands to the store in the background, at a time.
 BACKGROUND_BATCH_ROWS = 16
 
@@ -656,9 +663,7 @@ class Engine:
             duration_ms=duration_ms,
             error=error,
         )
-        result = self.on_event(event)
-        if inspect.isawaitable(result):
-            await result
+        await deliver(self.on_event, event)
 
 
 class Scope(Slots):

@@ -40,7 +40,7 @@ from qmcp.agentframework.runners.base import (
     snapshot_of,
     validate_members,
 )
-from qmcp.agentframework.runners.engine import EventHandler, InvocationEvent
+from qmcp.agentframework.runners.engine import EventHandler, InvocationEvent, deliver
 from qmcp.agentframework.runners.lease import Lease
 from qmcp.agentframework.store import owner_token
 from qmcp.agentframework.topologies import TopologyKind, TopologyRegistry
@@ -601,9 +601,7 @@ class _Progress:
             duration_ms=duration_ms,
             error=error,
         )
-        result = self.on_event(event)
-        if asyncio.iscoroutine(result):
-            await result
+        await deliver(self.on_event, event)
 
 
 class _FlowFile(dict[str, Any]):
