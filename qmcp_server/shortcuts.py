@@ -17,8 +17,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context
-from mcp_types import CallToolResult, InputRequiredResult, TextContent, Tool, ToolAnnotations
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, Tool
 
+from qmcp_server.annotations import RUN
 from qmcp_server.notify import Origin
 from qmcp_server.runs import launch
 from qmcp_server.sampling import resumed_execution
@@ -38,10 +39,6 @@ SERVICE = "qmcp.agentframework.service"
 # (plugins) read `prompt`.
 INPUT_FIELDS = {"debate": "topic", "chain_of_command": "task", "delegation": "task"}
 OPTIONS = ("runner", "wait")
-# As `tools.common.RUN` (not imported from there: the tools package imports this module).
-RUN = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-)
 
 
 async def tools_changed(state: ServerState, ctx: Context[Any, Any] | None) -> None:

@@ -8,17 +8,11 @@ from typing import Any, TypeVar
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 
+from qmcp_server.annotations import CANCEL, CREATE, DELETE, READ_ONLY, RUN, UPDATE
 from qmcp_server.errors import tool_errors
 
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True)
-CREATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False)
-RUN = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-)
-# Update: the same values again change nothing more; delete: gone (executions keep their records).
-UPDATE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True)
-DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False)
-CANCEL = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True)
+__all__ = ["CANCEL", "CREATE", "DELETE", "READ_ONLY", "RUN", "UPDATE", "tool"]
+
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
