@@ -23,6 +23,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
 from qmcp.agentframework.errors import ConfigurationError, ProviderError
 from qmcp.agentframework.llm import (
     LLMRequest,
@@ -44,14 +46,14 @@ if TYPE_CHECKING:
 # The MCP request context of the tool call driving the current run, if any.
 current_context: ContextVar[Any] = ContextVar("qmcp_mcp_context", default=None)
 
-STATELESS_PROTOCOL = "2026-07-28"
 STATE_VERSION = 1
 INVOCATION_META = "qmcp_invocation"  # names the invocation a question is for (in `metadata`)
 
 
 def stateless(ctx: Any) -> bool:
-    """Does this call's client speak the protocol where a server cannot ask mid-call?"""
-    return (ctx.protocol_version or "") >= STATELESS_PROTOCOL
+    """Does this call's client speak the protocol where a server cannot ask mid-call (the
+    SDK's modern, stateless versions, as `notify` and `tasks` decide the era)?"""
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
 def _client_sampling(ctx: Any) -> Any:
@@ -303,7 +305,7 @@ class ElicitationChannel:
 
 def elicitation_channel(ctx: Any) -> ElicitationChannel | None:
     """A channel when this call's client can be asked mid-call, else None."""
-    if (ctx.protocol_version or "") >= STATELESS_PROTOCOL:
+    if stateless(ctx):
         return None
     capabilities = ctx.client_capabilities
     if capabilities is None or capabilities.elicitation is None:
