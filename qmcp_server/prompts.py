@@ -24,7 +24,6 @@ PROMPT_ARGUMENTS: dict[str, dict[str, str]] = {
     "explain_execution": {"execution_id": "execution"},
 }
 # The input field each built-in kind reads its request from (DESIGN.md's table).
-INPUT_FIELDS = {"debate": "topic", "chain_of_command": "task", "delegation": "task"}
 SLOTS = {
     "pipeline": "one slot per stage, in order (e.g. research, draft, review)",
     "ensemble": "ensemble_0, ensemble_1, … and an optional aggregator",
@@ -99,15 +98,16 @@ def register(mcp: MCPServer, state: ServerState) -> None:
         _check_runner(runner)
         from qmcp.agentframework import service
 
-        kinds = {k["topology_type"]: k["summary"] for k in service.topology_kinds()}
+        kinds = {k["topology_type"]: k for k in service.topology_kinds()}
         if topology_type not in kinds:
             raise invalid_params(
                 f"unknown topology type {topology_type!r}; known: {', '.join(kinds)}"
             )
-        field = INPUT_FIELDS.get(topology_type, "prompt")
+        field = kinds[topology_type]["input_field"]
         slots = SLOTS.get(topology_type, "see topologies_create")
         return (
-            f"Build a {topology_type} of agents ({kinds[topology_type]}) for this goal:\n\n"
+            f"Build a {topology_type} of agents ({kinds[topology_type]['summary']}) for this "
+            f"goal:\n\n"
             f"{goal}\n\nIts slots: {slots}. Give each slot an agent with a fitting role and a "
             f"system prompt for its part; {_model_hint(model)}.\n"
             f"1. To run it once, call topologies_run with topology set to an inline definition "

@@ -35,9 +35,6 @@ log = logging.getLogger("qmcp.server")
 
 PREFIX = "run_"
 SERVICE = "qmcp.agentframework.service"
-# The input field each built-in kind reads its request from (DESIGN.md's table); other kinds
-# (plugins) read `prompt`.
-INPUT_FIELDS = {"debate": "topic", "chain_of_command": "task", "delegation": "task"}
 OPTIONS = ("runner", "wait")
 
 
@@ -141,7 +138,7 @@ class RunTools:
             return None
         except QmcpError as exc:
             return error_result(str(exc))
-        field = input_field(str(topology.topology_type))
+        field = service.input_field(str(topology.topology_type))
         try:
             text, runner, wait = parse_arguments(name, field, arguments)
             resumed = resumed_execution(ctx)  # a stateless client answering the run's questions
@@ -173,13 +170,11 @@ def _import_service() -> None:
     from qmcp.agentframework import service  # noqa: F401
 
 
-def input_field(topology_type: str) -> str:
-    return INPUT_FIELDS.get(topology_type, "prompt")
-
-
 def tool_for(topology: Topology) -> Tool:
+    from qmcp.agentframework import service  # loaded already: tools are listed after it is
+
     kind = str(topology.topology_type)
-    field = input_field(kind)
+    field = service.input_field(kind)
     about = topology.description.strip() or f"Run the {kind} topology {topology.name!r}."
     return Tool(
         name=f"{PREFIX}{topology.name}",

@@ -503,11 +503,17 @@ def topology_to_dict(
 
 
 def topology_kinds() -> list[dict[str, str]]:
-    """The topology kinds this installation runs, in registration order, with their summaries."""
+    """The topology kinds this installation runs, in registration order, with their summaries
+    and the input field each reads its request from."""
     return [
-        {"topology_type": kind.type.value, "summary": kind.summary}
+        {"topology_type": kind.type.value, "summary": kind.summary, "input_field": kind.input_field}
         for kind in TopologyRegistry.items()
     ]
+
+
+def input_field(topology_type: str) -> str:
+    """The input key a topology of this kind reads its request from (`prompt`, `topic`, …)."""
+    return TopologyRegistry.get(topology_type).input_field
 
 
 # -- runs -----------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class TopologyKind:
 
     `flow_shape` declares how the program's invocations group into the steps of a scheduled flow
     (`topologies.flow`), next to where the kind builds its keys; None runs them all in one step.
+    `input_field` is the input key a caller fills with the request (the first the program reads).
     """
 
     type: TopologyType
@@ -89,6 +90,7 @@ class TopologyKind:
     estimate: Estimate
     summary: str
     flow_shape: FlowShape | None = None
+    input_field: str = "prompt"
 
     def parse_config(self, raw: Mapping[str, Any] | BaseModel | None) -> Any:
         if isinstance(raw, self.config_model):

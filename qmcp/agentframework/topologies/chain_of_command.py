@@ -421,4 +421,5 @@ KIND = TopologyKind(
     estimate=estimate,
     summary="commander plans subtasks, lieutenants brief workers, weak results escalate",
     flow_shape=flow_shape,
+    input_field=REQUEST_KEYS[0],
 )

@@ -158,4 +158,5 @@ KIND = TopologyKind(
     estimate=lambda config, slots: config.max_rounds * len(slots),
     summary="debaters argue in rounds; a mediator judges and stops it on convergence",
     flow_shape=flow_shape,
+    input_field=TOPIC_KEYS[0],
 )

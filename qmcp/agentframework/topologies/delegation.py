@@ -339,4 +339,5 @@ KIND = TopologyKind(
     estimate=estimate,
     summary="coordinator routes the request to specialists by capability or role; fallback",
     flow_shape=flow_shape,
+    input_field=REQUEST_KEYS[0],
 )
