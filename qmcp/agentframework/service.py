@@ -1047,14 +1047,11 @@ async def execution_view(
     store = Store(db_url)
     execution = await store.get_execution(execution_id)
     rows = await store.invocations(execution.id)
-    # The approvals of its invocations (human_in_loop's, at the invocation's own key), in one
-    # read; a tool call's approval has a key of its own (`key#…`).
-    keys = {r.key for r in rows}
-    approvals = [
-        approval_to_dict(a) for a in await store.approvals_of(execution.id) if a.key in keys
-    ]
+    # Its approvals in one read: human_in_loop's at an invocation's key, a tool call's at
+    # `key#tool:…` (the view puts each on its invocation).
+    approvals = [approval_to_dict(a) for a in await store.approvals_of(execution.id)]
     in_flight: dict[str, dict[str, Any]] = {}
-    if execution.status == ExecutionStatus.RUNNING:
+    if execution.status in (ExecutionStatus.RUNNING, ExecutionStatus.PENDING):
         for key, turns in (await store.turns(execution.id)).items():
             in_flight[key] = {
                 "turns": len(turns),

@@ -6,11 +6,17 @@ One pure function over the records (`build_view`), so the HTML view, the MCP App
 terminal tree show the same thing. It reads invocation rows, never the final output alone, so a
 running execution shows what has happened so far; keys the topology will call next are listed as
 `waiting` while the run goes on. An invocation is `running` only when a turn of it is recorded
-(agents with tools); a row exists once an invocation has finished.
+(agents with tools); a row exists once an invocation has finished. An invocation of a `pending`
+execution that stopped part-way (a tool call waiting for a human's approval) is `pending`.
+
+Approvals belong to the invocation whose key they carry: a `human_in_loop` gate at the key
+itself, a tool call's approval at `<key>#tool:<call id>` (`#tool:<call id>:rerun` for a call that
+was in flight when a run stopped); the latter says which tool, with which arguments (`tool`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -29,6 +35,10 @@ FINISHED = ("completed", "failed", "cancelled")
 _SUBTASK = re.compile(r"^subtask-\d+$")
 _ROUND = re.compile(r"^round-(\d+)$")
 _REVISION = re.compile(r"^revision-(\d+)$")
+# A tool call's approval: its key's suffix, and the tool's label in the question it asks
+# (`tools.mcp.McpToolbox._admit` words both questions this way).
+_TOOL_SUFFIX = re.compile(r"^tool:(?P<call>.+?)(?P<rerun>:rerun)?$")
+_TOOL_LABEL = re.compile(r"(?:wants to call|the call) (?P<label>[^\s(]+)\(")
 
 
 def clip(text: Any, limit: int = MAX_TEXT) -> str:
@@ -51,24 +61,30 @@ def build_view(
     `execution` and `invocations` are `service.execution_to_dict` / `invocation_to_dict` rows,
     `snapshot` the execution's snapshot (topology and members as they ran), `approvals` its
     approvals (`approval_to_dict`), `in_flight` the keys with recorded turns but no finished row
-    ({key: {"turns": n, "tool_calls": n, "started_at": iso}}).
+    ({key: {"turns": n, "tool_calls": n, "started_at": iso}}): `running` while the execution
+    runs, `pending` while it waits (for a human, or for the client's model).
     """
     status = str(execution.get("status"))
     live = status not in FINISHED
     by_key = _group(invocations)
-    pending = {a["key"]: a for a in approvals if a.get("status") == "pending"}
-    entries = {key: _entry(key, rows, execution, pending.get(key)) for key, rows in by_key.items()}
+    root = _node(snapshot, "")
+    owned = _owned(approvals)
+    entries = {key: _entry(key, rows, execution) for key, rows in by_key.items()}
     for key, info in (in_flight or {}).items():
         if key not in entries or entries[key]["status"] != "completed":
-            entries[key] = _running(key, info, entries.get(key), execution)
-    root = _node(snapshot, "")
+            entries[key] = _running(key, info, entries.get(key), execution, root)
+    for key in owned:  # a wait for a human at a key with neither a row nor turns given
+        if key not in entries and any(a.get("status") == "pending" for a in owned[key]):
+            entries[key] = _running(key, {}, None, execution, root)
+    for key, entry in entries.items():
+        _approvals(entry, owned.get(key, []))
     planned: list[str] = []
     if status == "running":
         for key, slot, agent in _planned(root, entries):
             if key not in entries:
                 planned.append(key)
                 entries[key] = _blank(key, slot, agent)
-    order = {key: i for i, key in enumerate([*by_key, *(in_flight or {}), *planned])}
+    order = {key: i for i, key in enumerate(dict.fromkeys([*by_key, *entries, *planned]))}
     timeline = sorted(entries.values(), key=lambda e: (e["status"] == "waiting", order[e["key"]]))
     _annotate(root, entries)
     estimate = _estimate(root)
@@ -113,6 +129,23 @@ def build_view(
     }
 
 
+def _owned(approvals: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Approvals by the invocation they belong to (a tool call's: the key before its `#`)."""
+    owned: dict[str, list[Mapping[str, Any]]] = {}
+    for approval in approvals:
+        owned.setdefault(str(approval.get("key")).split("#", 1)[0], []).append(approval)
+    return owned
+
+
+def _approvals(entry: dict[str, Any], own: list[Mapping[str, Any]]) -> None:
+    """An invocation's approvals, oldest first; `approval` is the one that waits, else the last
+    one decided."""
+    entry["approvals"] = [_approval(a) for a in own]
+    waiting = [a for a in entry["approvals"] if a["status"] == "pending"]
+    decided = entry["approvals"][-1:]
+    entry["approval"] = waiting[0] if waiting else decided[0] if decided else None
+
+
 # -- invocations ----------------------------------------------------------------------------
 
 
@@ -123,12 +156,7 @@ def _group(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any
     return grouped
 
 
-def _entry(
-    key: str,
-    rows: list[Mapping[str, Any]],
-    execution: Mapping[str, Any],
-    approval: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+def _entry(key: str, rows: list[Mapping[str, Any]], execution: Mapping[str, Any]) -> dict[str, Any]:
     """One key of the timeline: its last attempt, with every attempt listed."""
     last = rows[-1]
     output = last.get("output") if isinstance(last.get("output"), dict) else None
@@ -162,7 +190,8 @@ def _entry(
         "content": clip(output.get("content")) if output else None,
         "output": _clipped(output) if output else None,
         "input": _clipped(last.get("input") or {}),
-        "approval": _approval(approval) if approval else None,
+        "approval": None,
+        "approvals": [],
     }
 
 
@@ -171,12 +200,14 @@ def _running(
     info: Mapping[str, Any],
     previous: dict[str, Any] | None,
     execution: Mapping[str, Any],
+    root: dict[str, Any],
 ) -> dict[str, Any]:
-    """A key whose conversation has recorded turns but no finished row yet."""
-    entry = dict(previous or _blank(key, str(info.get("slot") or ""), info.get("agent")))
+    """A key whose conversation has recorded turns but no finished row yet: `running`, or
+    `pending` while its execution waits."""
+    entry = dict(previous or _blank(key, *_slot_of(root, key)))
     started = info.get("started_at") or entry.get("started_at")
     entry.update(
-        status="running",
+        status="running" if execution.get("status") == "running" else "pending",
         tool_calls=info.get("tool_calls"),
         started_at=started,
         offset_ms=_offset(execution, started),
@@ -208,6 +239,7 @@ def _blank(key: str, slot: str, agent: Any) -> dict[str, Any]:
         "output": None,
         "input": {},
         "approval": None,
+        "approvals": [],
     }
 
 
@@ -250,8 +282,31 @@ def _approval(approval: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("id", "key", "agent_name", "question", "proposed", "status", "comment", "edited")
     data = {k: approval.get(k) for k in keep}
     data.update(created_at=approval.get("created_at"), decided_by=approval.get("decided_by"))
+    key, _, suffix = str(data["key"]).partition("#")
+    data["invocation_key"] = key
+    data["tool"] = _tool_of(suffix, str(data["question"] or ""), data["proposed"])
     data["proposed"] = clip(data["proposed"])
     return data
+
+
+def _tool_of(suffix: str, question: str, proposed: Any) -> dict[str, Any] | None:
+    """What a tool call's approval records: the call's id, the tool (`server.tool`), its
+    arguments (the JSON it proposes) and whether it asks to make again a call that was in flight
+    when the run stopped. None for an approval of an answer (`human_in_loop`)."""
+    match = _TOOL_SUFFIX.match(suffix)
+    if match is None:
+        return None
+    label = _TOOL_LABEL.search(question)
+    try:
+        arguments = json.loads(proposed) if isinstance(proposed, str) else proposed
+    except ValueError:
+        arguments = proposed
+    return {
+        "call_id": match["call"],
+        "name": label["label"] if label else None,
+        "arguments": _clipped(arguments),
+        "rerun": match["rerun"] is not None,
+    }
 
 
 # -- the topology as a graph ----------------------------------------------------------------
@@ -382,6 +437,24 @@ def _shape(
     return [slots], edges
 
 
+def _slot_of(root: dict[str, Any], key: str) -> tuple[str, str | None]:
+    """The slot and agent of an invocation key, found the way `_place` finds them: down the
+    nested topologies the key passes through, then the last segment naming a slot."""
+    node, local = root, key
+    while True:
+        nested = _nested_slots(node)
+        outer = _outer_key(local, nested)
+        if outer is None:
+            break
+        slot = next(s for s in outer.split("/") if s in nested)
+        node, local = nested[slot]["topology"], local[len(outer) + 1 :]
+    agents = {m["slot"]: m.get("agent") for m in node["slots"] if m["kind"] == "agent"}
+    for segment in reversed(local.split("/")):
+        if segment in agents:
+            return segment, agents[segment]
+    return "", None
+
+
 def _nested_slots(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["slot"]: m for m in node["slots"] if m["kind"] == "topology"}
 
@@ -456,17 +529,21 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "input_tokens": sum(e["input_tokens"] for e in entries),
         "output_tokens": sum(e["output_tokens"] for e in entries),
         "cost_usd": _cost(entries),
-        "approval_pending": any(e.get("approval") for e in entries),
+        "approval_pending": any(
+            (e.get("approval") or {}).get("status") == "pending" for e in entries
+        ),
     }
 
 
 def _status(statuses: list[str]) -> str:
-    """One status for a slot or a level: idle (never called), running, failed, partial (some
-    done, more to come), waiting (only planned) or completed."""
+    """One status for a slot or a level: idle (never called), running, failed, pending (stopped
+    part-way, waiting for a human or the client), partial (some done, more to come), waiting
+    (only planned) or completed."""
     if not statuses:
         return "idle"
-    if "running" in statuses or "failed" in statuses:
-        return "running" if "running" in statuses else "failed"
+    for status in ("running", "failed", "pending"):
+        if status in statuses:
+            return status
     if "waiting" in statuses:
         return "partial" if "completed" in statuses else "waiting"
     return "completed"

@@ -89,6 +89,9 @@ def view_tree(view: dict[str, Any]) -> Tree:
                 )
             )
             node.add(_line(("asks: ", "bold"), str(a["question"])))
+            if a.get("tool"):
+                again = " (make again a call in flight when the run stopped)" * a["tool"]["rerun"]
+                node.add(_line(("tool call: ", "bold"), str(a["tool"]["name"]), again))
             node.add(_line(("proposed: ", "bold"), excerpt(a.get("edited") or a["proposed"])))
             if a["status"] == "pending":
                 node.add(_line(f"answer: qmcp approvals answer {a['id']} --approve (or --reject)"))

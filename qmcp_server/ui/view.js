@@ -273,7 +273,13 @@
         return h("li", null, badge(a.status), "#" + a.attempt + " " + fmtMs(a.duration_ms), a.error ? h("span", { cls: "muted", text: a.error }) : null);
       })));
     }
-    if (r.status === "running" && r.turns) out.push(h("p", { cls: "muted", text: r.turns + " turn(s) recorded so far" }));
+    if ((r.status === "running" || r.status === "pending") && r.turns) out.push(h("p", { cls: "muted", text: r.turns + " turn(s) recorded so far" }));
+    (r.approvals || []).forEach(function (a) {
+      out.push(h("div", { cls: "muted small", "data-approval-of": a.id },
+        badge(a.status === "pending" ? "approval" : a.status, "approval " + a.status), " ",
+        a.tool ? "tool call " + (a.tool.name || a.tool.call_id) + (a.tool.rerun ? " (made again?)" : "") : "the answer"),
+        a.tool ? h("pre", { text: json(a.tool.arguments) }) : null);
+    });
     if (!out.length) out.push(h("p", { cls: "empty", text: r.status === "waiting" ? "no answer yet" : "no output" }));
     return h("div", { cls: "grid" },
       h("div", null, h("h3", { text: "Input" }), prompt),
@@ -385,7 +391,8 @@
     list.forEach(function (a) {
       body.appendChild(h("div", { cls: "round", "data-approval": a.id },
         h("div", null, badge(a.status === "pending" ? "approval" : a.status, a.status), " ", h("span", { cls: "question", text: a.question })),
-        h("div", { cls: "muted small", text: "#" + a.id + " · " + a.agent_name + " · " + a.key }),
+        h("div", { cls: "muted small", text: "#" + a.id + " · " + a.agent_name + " · " + (a.invocation_key || a.key) }),
+        a.tool ? h("div", { cls: "small", "data-tool": a.tool.name || "" }, "tool call ", h("b", { text: a.tool.name || a.tool.call_id }), a.tool.rerun ? " (in flight when the run stopped: make it again?)" : "") : null,
         h("pre", { text: a.edited || a.proposed }),
         a.status === "pending" ? h("div", { cls: "muted small" }, "answer with ", h("code", { text: "qmcp approvals answer " + a.id + " --approve" }), " (or --reject), or the approvals_answer tool, then resume the execution") : null,
         a.comment ? h("div", { cls: "small", text: "comment: " + a.comment }) : null));
