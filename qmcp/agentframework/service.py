@@ -695,18 +695,32 @@ async def claim_run(
     *,
     runner_type: str | None = None,
     config: RunConfig | Mapping[str, Any] | None = None,
+    max_concurrent: int | None = None,
     db_url: str | None = None,
 ) -> StartedRun:
-    """Take a failed, cancelled or interrupted execution for this process, to finish it.
+    """Take a failed, cancelled, interrupted or pending execution for this process, to finish it
+    (a stateless client's next sampling round claims its run this way too).
 
     It runs on `runner_type`, by default the runner it ran on; finished invocations are reused.
-    `execution_id` may be a unique prefix of the id.
+    On the async runner it makes at most `max_concurrent` model calls at once, by default as
+    many as when it started. `execution_id` may be a unique prefix of the id.
     """
     execution = await Store(db_url).get_execution(execution_id)
+    runner_type = runner_type or execution.runner_type
+    if max_concurrent is None and runner_type == "async":
+        max_concurrent = _started_concurrency(execution)
     runner = make_runner(
-        runner_type or execution.runner_type, config=_run_config(config), db_url=db_url
+        runner_type, config=_run_config(config), max_concurrent=max_concurrent, db_url=db_url
     )
     return StartedRun(runner, await runner.claim(execution.id))
+
+
+def _started_concurrency(execution: Execution) -> int | None:
+    """The model calls at once an execution started with on a concurrent runner (its snapshot
+    records the runner's `concurrency`); None when it ran one call at a time, or its snapshot
+    predates the record."""
+    value = (execution.snapshot or {}).get("concurrency")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 async def finish_run(started: StartedRun, *, on_event: EventHandler | None = None) -> RunResult:

@@ -216,7 +216,7 @@ class BaseRunner:
             error=None,
             correlation_id=self.config.correlation_id or uuid.uuid4().hex,
             snapshot=snapshot_of(topology, agents, config)
-            | {"run_config": self.config.model_dump(mode="json")},
+            | {"run_config": self.config.model_dump(mode="json"), "concurrency": self.concurrency},
             owner=owner_token(),
             created_at=now,
             started_at=now,
