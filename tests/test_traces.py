@@ -336,6 +336,39 @@ async def test_a_failing_tool_call_marks_its_span(spans: InMemorySpanExporter, d
     assert only(finished, "invoke_workflow tr_tool_fails").status.status_code is StatusCode.UNSET
 
 
+async def test_a_sampling_pause_is_not_an_error(spans: InMemorySpanExporter, db_url: str) -> None:
+    """On the stateless protocol a `sampling` agent's first call pauses the run for the client's
+    answer: that `chat` span is not failed, it says it awaits the client; the next round's
+    `chat` span is the answer."""
+    from mcp_types import CreateMessageResult, TextContent
+
+    async def client_model(context: Any, params: Any) -> CreateMessageResult:
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text="blue"), model="client-llm"
+        )
+
+    async with Client(build_server(db_url), sampling_callback=client_model) as client:
+        await call(client, "agents_create", name="tr_sampler", role="executor", model="sampling")
+        await call(client, "topologies_create", name="tr_sample", topology_type="pipeline",
+                   slots={"only": "tr_sampler"})  # fmt: skip
+        run = await call(client, "topologies_run", topology="tr_sample", input={"prompt": "hue?"})
+    assert run["status"] == "completed" and run["output"]["content"] == "blue", run
+    finished = list(spans.get_finished_spans())
+    assert [s.name for s in finished if s.status.status_code is StatusCode.ERROR] == []
+    paused, answered = named(finished, "chat ")
+    assert paused.status.status_code is StatusCode.UNSET
+    assert attr(paused, "qmcp.awaits") == "client" and attr(paused, "qmcp.waiting") == "Paused"
+    assert "error.type" not in (paused.attributes or {})
+    (event,) = paused.events
+    assert event.name == "qmcp.awaiting" and (event.attributes or {})["qmcp.awaits"] == "client"
+    assert "waiting for the MCP client's model" in str((event.attributes or {})["message"])
+    assert attr(answered, "gen_ai.response.model") == "client-llm"
+    assert "qmcp.awaits" not in (answered.attributes or {})
+    first, second = named(finished, "invoke_workflow tr_sample")
+    assert attr(first, "qmcp.execution.status") == "pending"
+    assert attr(second, "qmcp.execution.status") == "completed"
+
+
 # -- off: nothing imported, nothing exported --------------------------------------------------
 
 OFF_PROBE = """

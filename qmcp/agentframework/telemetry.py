@@ -27,6 +27,9 @@ from typing import Any, Protocol
 log = logging.getLogger("qmcp.telemetry")
 
 TRACER_NAME = "qmcp"
+# An exception with this attribute (a string: what it waits for, e.g. "client") stops a run to
+# wait for an answer from outside it; a span it leaves is not failed (see `span`).
+AWAITS = "awaits"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 INSTALL = "pip install 'qmcp-server[otel]'"
@@ -205,8 +208,9 @@ def span(
     not_failures: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """A context manager: the span `name`, current while it is open, or `NO_SPAN` when traces are
-    off. An exception leaving it marks it failed, unless it is one of `not_failures` (a run that
-    stops to wait for a human is not a failure); `client` marks a call to another service."""
+    off. An exception leaving it marks it failed, unless it is one of `not_failures` or says what
+    it waits for (`AWAITS`): a run that stops to wait for a human or for the MCP client's model
+    is not a failure. `client` marks a call to another service."""
     tracer = _tracer if _decided else _decide()
     if tracer is None:
         return NO_SPAN
@@ -234,14 +238,24 @@ def _span(
     ) as current:
         try:
             yield current
-        except not_failures as exc:
-            current.set_attribute("qmcp.waiting", type(exc).__qualname__)
-            raise
         except Exception as exc:
+            awaits = getattr(exc, AWAITS, None)
+            if isinstance(exc, not_failures) or isinstance(awaits, str):
+                _waiting(current, exc, awaits)
+                raise
             current.set_attribute("error.type", type(exc).__qualname__)
             current.record_exception(exc)
             current.set_status(Status(StatusCode.ERROR, str(exc)))
             raise
+
+
+def _waiting(current: Any, exc: BaseException, awaits: str | None) -> None:
+    """A span left by a pause, not a failure: its status stays unset, and it says what the run
+    waits for (with an `qmcp.awaiting` event, when the pause names it: `awaits`)."""
+    current.set_attribute("qmcp.waiting", type(exc).__qualname__)
+    if isinstance(awaits, str):
+        current.set_attribute("qmcp.awaits", awaits)
+        current.add_event("qmcp.awaiting", {"qmcp.awaits": awaits, "message": str(exc)[:1000]})
 
 
 def execution_span(

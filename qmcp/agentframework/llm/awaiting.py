@@ -22,10 +22,14 @@ from qmcp.agentframework.human import AwaitingHuman
 from qmcp.agentframework.llm.base import LLMRequest, LLMResponse, Provider
 from qmcp.agentframework.llm.wrappers import WrapperProvider
 
+AWAITS_CLIENT = "client"  # what a sampling pause waits for: the MCP client's answers
+
 
 class AwaitingSamples(AwaitingHuman):
     """The run waits for the MCP client's model to answer `keys` (one per question); runners stop
     it as `pending`, like a run waiting for a human decision, and the next round resumes it."""
+
+    awaits = AWAITS_CLIENT  # a pause, not a failure, to the spans it leaves (`telemetry.AWAITS`)
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = sorted(set(keys))
@@ -43,7 +47,10 @@ class AwaitingSamples(AwaitingHuman):
 
 
 class Paused(ProviderError):
-    """An `AwaitingSamples` on its way through a provider chain (see the module docstring)."""
+    """An `AwaitingSamples` on its way through a provider chain (see the module docstring); the
+    `chat` span it leaves is a pause awaiting the client, not an error."""
+
+    awaits = AWAITS_CLIENT
 
     def __init__(self, wait: AwaitingSamples) -> None:
         super().__init__(str(wait), retryable=False)
