@@ -159,6 +159,37 @@ async def test_the_budget_stops_a_fan_out_as_a_whole(db_url: str, metered: list[
     assert len(metered) == 3
 
 
+async def test_a_resume_that_names_no_budget_keeps_the_one_the_run_started_with(
+    db_url: str, metered: list[str]
+) -> None:
+    """The service's resume (CLI, MCP tools, a stateless client's next sampling round) goes on
+    with the options the run started with, changing only those it is given."""
+    agents = stages(METERED)
+    config = RunConfig(max_total_tokens=300, max_retries=1)
+    result = await LocalRunner(db_url=db_url, config=config).run(PIPELINE, agents, {"prompt": "go"})
+    assert result.status == "failed" and metered == ["stage_0", "stage_1"]
+
+    again = await service.resume_execution(result.execution_id, db_url=db_url)
+    assert again.status == "failed", "no budget named: the old one still holds"
+    assert (again.error or "").startswith("budget exceeded: 300 tokens used")
+    assert len(metered) == 2
+
+    # Other options given (as topologies_run passes timeout_seconds): the budget stays.
+    started = await service.claim_run(
+        result.execution_id, config={"timeout_seconds": 60}, db_url=db_url
+    )
+    kept = started.runner.config
+    assert (kept.max_total_tokens, kept.max_retries, kept.timeout_seconds) == (300, 1, 60)
+    assert (await service.finish_run(started)).status == "failed"
+    assert len(metered) == 2
+
+    done = await service.resume_execution(
+        result.execution_id, config=RunConfig(max_total_tokens=1000), db_url=db_url
+    )
+    assert done.status == "completed", done.error
+    assert metered == [f"stage_{i}" for i in range(STAGES)], "nothing paid twice"
+
+
 def test_the_cli_takes_a_budget_for_a_run_and_for_its_resume(metered: list[str]) -> None:
     async def setup() -> None:
         for i in range(STAGES):

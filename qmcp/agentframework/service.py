@@ -701,18 +701,38 @@ async def claim_run(
     """Take a failed, cancelled, interrupted or pending execution for this process, to finish it
     (a stateless client's next sampling round claims its run this way too).
 
-    It runs on `runner_type`, by default the runner it ran on; finished invocations are reused.
-    On the async runner it makes at most `max_concurrent` model calls at once, by default as
-    many as when it started. `execution_id` may be a unique prefix of the id.
+    It runs on `runner_type`, by default the runner it ran on, with the options it started with
+    except those `config` sets; finished invocations are reused. On the async runner it makes at
+    most `max_concurrent` model calls at once, by default as many as when it started.
+    `execution_id` may be a unique prefix of the id.
     """
     execution = await Store(db_url).get_execution(execution_id)
     runner_type = runner_type or execution.runner_type
     if max_concurrent is None and runner_type == "async":
         max_concurrent = _started_concurrency(execution)
     runner = make_runner(
-        runner_type, config=_run_config(config), max_concurrent=max_concurrent, db_url=db_url
+        runner_type,
+        config=_resumed_config(execution, config),
+        max_concurrent=max_concurrent,
+        db_url=db_url,
     )
     return StartedRun(runner, await runner.claim(execution.id))
+
+
+def _resumed_config(
+    execution: Execution, given: RunConfig | Mapping[str, Any] | None
+) -> RunConfig | None:
+    """The options a claimed run goes on with: those it started with (the snapshot's
+    `run_config`: its budget, timeout, retries…), with the ones `given` changed (a `RunConfig`'s
+    fields that were set, or a mapping's keys). A resume that names no budget keeps the old one."""
+    stored = (execution.snapshot or {}).get("run_config")
+    if isinstance(given, RunConfig):
+        changes = given.model_dump(exclude_unset=True)
+    else:
+        changes = dict(given or {})
+    if not isinstance(stored, Mapping):
+        return _run_config(changes) if given is not None else None
+    return _run_config({**stored, **changes})
 
 
 def _started_concurrency(execution: Execution) -> int | None:
