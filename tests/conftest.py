@@ -18,8 +18,6 @@ from pg_cluster import Cluster, find_bindir
 
 from qmcp.agentframework.llm import ProviderRegistry
 
-BACKENDS = ("sqlite", "postgres")
-
 
 def postgres_required() -> bool:
     """CI (which sets CI) and scripts/test.sh must run the PostgreSQL tests, never skip them."""
@@ -29,9 +27,21 @@ def postgres_required() -> bool:
     )
 
 
+# The `[postgres]` variants need the session's cluster (seconds to start) and a database per
+# test: the full suite runs them, the fast tier (`-m "not slow"`) keeps their `[sqlite]` twins.
+BACKEND_PARAMS = (pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.slow))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres"):
-        metafunc.parametrize("db_backend", BACKENDS, indirect=True)
+        metafunc.parametrize("db_backend", BACKEND_PARAMS, indirect=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "postgres_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)  # PostgreSQL only (postgres_url): as `[postgres]`
 
 
 @pytest.fixture

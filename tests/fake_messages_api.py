@@ -91,7 +91,11 @@ class MessagesAPIServer:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll, as in fake_chat_api.py: `shutdown` waits for the loop to notice, once per
+        # test (the default 0.5 s poll made every test using this server half a second longer).
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

@@ -72,6 +72,7 @@ def cli(*argv: str) -> Any:
     return result
 
 
+@pytest.mark.slow  # generated cases, ten CLI commands each: the full suite, not the fast tier
 @settings(
     max_examples=15,
     deadline=None,

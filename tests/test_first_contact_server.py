@@ -200,13 +200,26 @@ def test_the_suggested_command_makes_a_token_that_is_accepted() -> None:
     build_http_app(build_server(), "0.0.0.0", 8765, token=token)
 
 
-@pytest.fixture
-def token_server(tmp_path: Path) -> Iterator[HttpServer]:
-    server = HttpServer(["qmcp-server"], tmp_path, QMCP_HTTP_TOKEN=GOOD_TOKEN)
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """One server for the module: its cases only send `initialize` and read the answer. It starts
+    before the per-test environment (tests/conftest.py), so it drops the same variables itself."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in (
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "QMCP_DEFAULT_MODEL",
+            "QMCP_KEY_VARIABLES",
+        ):
+            env.delenv(name, raising=False)
+        server = HttpServer(
+            ["qmcp-server"], tmp_path_factory.mktemp("token"), QMCP_HTTP_TOKEN=GOOD_TOKEN
+        )
     yield server
     server.stop()
 
 
+@pytest.mark.slow  # a server process: the full suite, not the fast tier
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_case_insensitive(token_server: HttpServer, scheme: str) -> None:
     response = token_server.post(Authorization=f"{scheme} {GOOD_TOKEN}")

@@ -70,6 +70,7 @@ def test_runner_registry_and_custom_registration() -> None:
         RunnerRegistry.get("my_runner")
 
 
+@pytest.mark.slow  # measures wall-clock latency (seconds of sleeping models)
 async def test_async_ensemble_takes_about_one_latency_and_respects_the_bound(db_url: str) -> None:
     in_flight = {"now": 0, "peak": 0}
 
@@ -101,6 +102,7 @@ async def test_async_ensemble_takes_about_one_latency_and_respects_the_bound(db_
         unregister_function("slow")
 
 
+@pytest.mark.slow  # waits out retry back-off
 @pytest.mark.postgres
 async def test_retries_are_per_invocation_with_every_attempt_recorded(db_url: str) -> None:
     calls = {"n": 0}

@@ -478,6 +478,7 @@ def check_tool_call(mcp: McpHarness, tool: str, args: dict[str, Any]) -> None:
 # -- MCP tools, in process, both protocol eras ----------------------------------------------
 
 
+@pytest.mark.slow  # hundreds of generated cases: the full suite, not the fast tier
 @FUZZ
 @given(data=st.data())
 def test_mcp_tools_answer_clearly_and_never_half_write(
@@ -828,6 +829,7 @@ def test_cli_processes_refuse_bad_input_with_exit_2(cli_db: Path) -> None:
     assert row_counts(cli_db) == before
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 def test_cli_process_undecodable_description_bytes(cli_db: Path) -> None:
     """argv bytes decoded with surrogateescape once crashed the description write."""
     process = qmcp_process(
@@ -838,6 +840,7 @@ def test_cli_process_undecodable_description_bytes(cli_db: Path) -> None:
     assert process.returncode == 2 and b"Traceback" not in stderr, stderr.decode("utf-8", "replace")
 
 
+@pytest.mark.slow  # a server process
 def test_stdio_server_survives_malformed_json_rpc(tmp_path: Path) -> None:
     """Garbage lines, 10 000-deep nesting, a 2 MB string and wrong types; then it still answers."""
     db_file = tmp_path / "stdio.db"

@@ -188,6 +188,7 @@ async def test_two_processes_take_over_one_lapsed_run_and_exactly_one_wins(
         assert record.owner is not None and not record.owner.startswith(OTHER_HOST)
 
 
+@pytest.mark.slow  # waits for lease renewals (seconds)
 async def test_an_owner_renews_its_lease_while_it_runs(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

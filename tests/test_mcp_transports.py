@@ -17,7 +17,9 @@ import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
-pytestmark = pytest.mark.anyio
+# Every test starts the server as a process (stdio, HTTP) or the Inspector: the full suite, not the
+# fast tier; tests/test_mcp_inprocess.py drives the same tools in process.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODES = [pytest.param({}, id="stateless-2026"), pytest.param({"mode": "legacy"}, id="legacy")]
@@ -201,7 +203,6 @@ def inspector(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedPr
 
 
 @pytest.mark.skipif(shutil.which("npx") is None, reason="Node.js is not installed")
-@pytest.mark.slow  # a subprocess per case: the full suite, not the fast tier
 def test_mcp_inspector_cli_drives_the_server(db_url: str, tmp_path: Path) -> None:
     assert INSPECTOR.exists(), "run `npm ci` (scripts/test.sh does) to install the MCP Inspector"
     listed = inspector(db_url, tmp_path, "--method", "tools/list")

@@ -236,6 +236,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a fresh interpreter: the full suite, not the fast tier
 def test_a_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'head.db'}"
     for _ in range(2):  # created, then opened at head
@@ -253,6 +254,7 @@ asyncio.run(Store(sys.argv[1]).init())
 """
 
 
+@pytest.mark.slow  # processes: the full suite, not the fast tier
 @pytest.mark.parametrize("start", ["empty", "0.1.0"])
 def test_processes_starting_together_upgrade_once(start: str, tmp_path: Path) -> None:
     path = tmp_path / "shared.db"

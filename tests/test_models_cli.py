@@ -110,6 +110,7 @@ def test_a_base_url_that_does_not_answer_is_not_configured_and_the_check_is_quic
     assert "does not answer" in openai["status"]
 
 
+@pytest.mark.slow  # waits for a timeout
 def test_a_silent_endpoint_times_out_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that accepts connections and never answers: the probe gives up on its own."""
     with socket.socket() as silent:

@@ -91,6 +91,7 @@ print(json.dumps({"providers": ProviderRegistry.list(), "content": result.output
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_an_installed_distribution_adds_a_provider_through_its_entry_point(tmp_path: Path) -> None:
     """A distribution on sys.path whose metadata declares a `qmcp.plugins` entry point."""
     site = tmp_path / "site"
@@ -110,6 +111,7 @@ def test_an_installed_distribution_adds_a_provider_through_its_entry_point(tmp_p
     assert "echo" in seen["providers"] and seen["content"] == "echo hi"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_broken_entry_point_is_a_clear_error(tmp_path: Path) -> None:
     site = tmp_path / "site"
     info = site / "broken-1.0.dist-info"

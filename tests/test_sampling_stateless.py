@@ -294,6 +294,7 @@ async def test_a_run_waiting_for_samples_is_pending_and_resumes(db_url: str) -> 
     assert await recorded(db_url, execution["id"]) == model.answers
 
 
+@pytest.mark.slow  # a tool server process over stdio
 @pytest.mark.parametrize("mode", [{}, {"mode": "legacy"}], ids=["stateless", "legacy"])
 async def test_sampling_with_tools_where_the_client_declares_them(
     db_url: str, mode: dict[str, Any], tmp_path: Path

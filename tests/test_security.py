@@ -410,6 +410,7 @@ FOREIGN_ORIGINS = [
 ]
 
 
+@pytest.mark.slow  # a server process
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 async def test_http_needs_the_token_and_refuses_foreign_host_and_origin(
     tmp_path: Path, host: str
@@ -463,6 +464,7 @@ async def test_http_needs_the_token_and_refuses_foreign_host_and_origin(
     assert_absent(TOKEN, log, "the HTTP server's log")
 
 
+@pytest.mark.slow  # a process per case: the full suite, not the fast tier
 @pytest.mark.parametrize(
     ("command", "host", "token"),
     [
@@ -562,6 +564,7 @@ def spec_of(source: str) -> dict[str, Any]:
     raise AssertionError("no SPEC in the flow")
 
 
+@pytest.mark.slow  # generated cases: the full suite, not the fast tier
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
     name=hostile,
@@ -673,6 +676,7 @@ def prune(db_file: Path, *days: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # the CLI as a process
 async def test_prune_deletes_finished_executions_and_their_invocations_only(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -703,6 +707,7 @@ async def test_prune_deletes_finished_executions_and_their_invocations_only(
     assert orphans == [(0,)]
 
 
+@pytest.mark.slow  # the CLI as a process
 async def test_prune_by_age_keeps_recent_executions(db_url: str, tmp_path: Path) -> None:
     db_file = tmp_path / "agent.db"
     made = await make_executions(db_url)
@@ -717,6 +722,7 @@ async def test_prune_by_age_keeps_recent_executions(db_url: str, tmp_path: Path)
     assert refused.returncode == 2 and refused.stderr.startswith("error:")
 
 
+@pytest.mark.slow  # the CLI as a process
 async def test_prune_removes_the_approvals_of_pruned_executions(
     db_url: str, tmp_path: Path
 ) -> None:

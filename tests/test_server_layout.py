@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "qmcp_server"
 
@@ -80,6 +82,7 @@ def test_the_server_reaches_the_library_through_the_service_layer() -> None:
     assert not hidden, hidden
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_building_the_server_loads_no_database_layer() -> None:
     """stdio cold start: `initialize` and `tools/list` are answered without SQLModel or
     SQLAlchemy; the first tool call that needs the service layer imports it."""

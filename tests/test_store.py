@@ -120,6 +120,7 @@ async def ticker(stop: asyncio.Event, worst: list[float]) -> None:
         worst[0] = max(worst[0], time.perf_counter() - t0 - 0.001)
 
 
+@pytest.mark.slow  # a lock-holding process
 async def test_event_loop_never_waits_on_another_process_lock(db_url: str) -> None:
     """Another process holds SQLite's write lock for 1 s while this one records invocations.
 
@@ -160,6 +161,7 @@ async def test_event_loop_never_waits_on_another_process_lock(db_url: str) -> No
     await store.close()
 
 
+@pytest.mark.slow  # a lock-holding process
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_qmcp_error(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,6 +223,19 @@ async def test_a_failing_write_fails_alone_when_writes_share_a_commit(db_url: st
     await store.close()
 
 
+@pytest.fixture
+def earlier_writer_threads_gone() -> None:
+    """Stores that earlier tests left open keep a writer thread until it has been idle
+    WRITER_IDLE_SECONDS. A test that asserts no writer thread is left waits for those first, so
+    that it sees only its own (in the full suite, slow tests before it used to give them time)."""
+    deadline = time.monotonic() + database_module.WRITER_IDLE_SECONDS + 5
+    while time.monotonic() < deadline and [
+        t for t in threading.enumerate() if t.name == "qmcp-sqlite-writer"
+    ]:
+        time.sleep(0.02)
+
+
+@pytest.mark.usefixtures("earlier_writer_threads_gone")
 async def test_close_releases_every_connection_and_the_file_can_go(db_url: str) -> None:
     path = db_path(db_url)
     with warnings.catch_warnings():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ SCALARS = st.one_of(st.text(), st.integers(), st.floats(), st.booleans(), st.non
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner))
 
 
+@pytest.mark.slow  # generated cases (seconds): the full suite, not the fast tier
 @settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text(), VALUES))
 def test_indented_is_json_dumps_with_indent(data: dict[str, Any]) -> None:

@@ -73,6 +73,7 @@ async def solo(db_url: str, agent: str, model: str, tools: list[dict[str, Any]],
     return f"{agent}_solo"
 
 
+@pytest.mark.slow  # a tool server process
 async def test_an_offline_agent_calls_a_read_only_tool_and_quotes_it(
     db_url: str, log: ToolLog
 ) -> None:
@@ -118,6 +119,7 @@ async def test_tool_calls_of_one_turn_run_concurrently_and_results_go_back(
     assert len({c["pid"] for c in log.calls()}) == 1, "one session per server per run"
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_tool_error_goes_back_to_the_model_and_results_are_bounded(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -137,6 +139,7 @@ async def test_a_tool_error_goes_back_to_the_model_and_results_are_bounded(
     assert len(content) < 3000
 
 
+@pytest.mark.slow  # a tool server process
 async def test_deny_hides_a_tool_and_refuses_it_before_any_call(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -160,6 +163,7 @@ async def test_deny_hides_a_tool_and_refuses_it_before_any_call(
     assert seen and "add" not in seen[0] and "lookup" in seen[0]
 
 
+@pytest.mark.slow  # a tool server process
 async def test_max_tool_calls_asks_for_a_final_answer_and_says_so(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -173,6 +177,7 @@ async def test_max_tool_calls_asks_for_a_final_answer_and_says_so(
     assert row.output["tool_calls"] == 3
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_destructive_tool_waits_for_a_human_and_a_rejection_reaches_the_model(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -192,6 +197,7 @@ async def test_a_destructive_tool_waits_for_a_human_and_a_rejection_reaches_the_
     assert [r["status"] for r in rows.values()] == ["rejected"]
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_tool_on_the_approve_list_is_called_once_approved(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -223,6 +229,7 @@ async def test_a_server_that_does_not_start_fails_the_invocation_naming_it(db_ur
     assert row.status == "failed" and "ghost" in (row.error or "")
 
 
+@pytest.mark.slow  # a tool server process
 async def test_an_allow_list_naming_a_missing_tool_is_a_clear_error(
     db_url: str, log: ToolLog
 ) -> None:
@@ -283,6 +290,7 @@ async def test_bad_tool_declarations_are_refused_at_creation(
     assert await service.list_agents(db_url=db_url) == []
 
 
+@pytest.mark.slow  # a tool server process
 async def test_env_references_reach_the_server_and_are_never_recorded(
     db_url: str, log: ToolLog, functions: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -334,6 +342,7 @@ def http_server(log: ToolLog) -> Iterator[str]:
         process.wait(10)
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_streamable_http_server_and_the_real_anthropic_sdk(
     db_url: str, log: ToolLog, http_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -366,6 +375,7 @@ async def test_a_streamable_http_server_and_the_real_anthropic_sdk(
     assert row["server"] == "docs" and row["arguments"] == {"term": "mcp"}
 
 
+@pytest.mark.slow  # tool server processes
 async def test_concurrent_runs_each_have_their_own_sessions(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -401,6 +411,7 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
+@pytest.mark.slow  # a tool server process
 async def test_sessions_close_when_the_run_ends(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -493,6 +504,7 @@ async def test_a_third_party_server_from_npm(db_url: str, functions: list[str]) 
     assert [t["name"] for t in entry["tools"]] == ["echo"]
 
 
+@pytest.mark.slow  # a tool server process
 @pytest.mark.parametrize("mode", [{}, {"mode": "legacy"}], ids=["stateless-2026", "legacy"])
 async def test_over_mcp_agents_take_tools_and_show_what_they_found(
     db_url: str, log: ToolLog, mode: dict[str, Any]
@@ -529,6 +541,7 @@ async def test_over_mcp_agents_take_tools_and_show_what_they_found(
     assert shown["config"]["max_tool_calls"] == 4
 
 
+@pytest.mark.slow  # a tool server process
 async def test_an_mcp_client_approves_a_destructive_call_through_elicitation(
     db_url: str, log: ToolLog, functions: list[str]
 ) -> None:
@@ -557,6 +570,7 @@ async def test_an_mcp_client_approves_a_destructive_call_through_elicitation(
     assert approval.decided_by == "elicitation"
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_read_only_call_in_flight_when_the_run_stopped_is_made_again_by_itself(
     db_url: str, log: ToolLog, functions: list[str], tmp_path: Path
 ) -> None:

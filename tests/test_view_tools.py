@@ -35,6 +35,7 @@ def _calls(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.slow  # a tool server process over stdio
 async def test_a_tool_call_waiting_for_approval_shows_on_its_invocation(
     db_url: str, tmp_path: Path, wrecker: str
 ) -> None:
