@@ -49,7 +49,7 @@ from qmcp.agentframework.runners import (
 
 # RunConfig, RunResult and InvocationEvent are the run vocabulary the CLI and the MCP server
 # speak; they import them from here, the layer they call.
-from qmcp.agentframework.runners.engine import EventHandler
+from qmcp.agentframework.runners.engine import EventHandler, live_engine
 from qmcp.agentframework.runners.engine import InvocationEvent as InvocationEvent
 from qmcp.agentframework.store import Store, lease_seconds
 from qmcp.agentframework.store.core import PruneResult
@@ -1075,7 +1075,14 @@ async def execution_view(
 ) -> dict[str, Any]:
     """An execution as the run view shows it (`qmcp.agentframework.view`): the topology as a
     graph, the invocations as a timeline, debate rounds, cross-check verdicts, ensemble
-    answers and approvals. By id or a unique prefix of it; read again to follow a running one."""
+    answers and approvals. By id or a unique prefix of it; read again to follow a running one.
+
+    A running execution's invocations in flight (a model call made, no answer recorded yet) are
+    `running`, with when they started. A run going on in this process is read from its engine:
+    exact and immediate. A run in another process (another terminal, a fleet) is read from the
+    `in_flight` column its owner's lease heartbeat writes: up to a heartbeat interval (a third
+    of `QMCP_LEASE_SECONDS`) stale, and empty during the run's first heartbeat interval.
+    """
     from qmcp.agentframework.view import build_view
 
     store = Store(db_url)
@@ -1085,18 +1092,26 @@ async def execution_view(
     # `key#tool:…` (the view puts each on its invocation).
     approvals = [approval_to_dict(a) for a in await store.approvals_of(execution.id)]
     in_flight: dict[str, dict[str, Any]] = {}
+    if execution.status == ExecutionStatus.RUNNING:
+        engine = live_engine(execution.id)
+        if engine is not None:  # running here: the engine's own map, as it is now
+            # (copied first: the run may go on in another thread, changing the map meanwhile)
+            calls = {key: started.isoformat() for key, started in dict(engine.in_flight).items()}
+        else:  # running elsewhere: as its owner's last heartbeat wrote it
+            calls = dict(execution.in_flight or {})
+        for key, started in calls.items():
+            in_flight[key] = {"started_at": started}
     if execution.status in (ExecutionStatus.RUNNING, ExecutionStatus.PENDING):
         for key, turns in (await store.turns(execution.id)).items():
-            in_flight[key] = {
-                "turns": len(turns),
-                "tool_calls": sum(
-                    1
-                    for turn in turns
-                    if turn.get("role") == "assistant"
-                    for block in turn.get("content") or []
-                    if isinstance(block, dict) and block.get("type") == "tool_use"
-                ),
-            }
+            info = in_flight.setdefault(key, {})
+            info["turns"] = len(turns)
+            info["tool_calls"] = sum(
+                1
+                for turn in turns
+                if turn.get("role") == "assistant"
+                for block in turn.get("content") or []
+                if isinstance(block, dict) and block.get("type") == "tool_use"
+            )
     return build_view(
         execution_to_dict(execution),
         execution.snapshot or {},

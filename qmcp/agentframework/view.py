@@ -5,9 +5,12 @@ verdicts and consensus, ensemble answers), with the approvals that wait.
 One pure function over the records (`build_view`), so the HTML view, the MCP App and the
 terminal tree show the same thing. It reads invocation rows, never the final output alone, so a
 running execution shows what has happened so far; keys the topology will call next are listed as
-`waiting` while the run goes on. An invocation is `running` only when a turn of it is recorded
-(agents with tools); a row exists once an invocation has finished. An invocation of a `pending`
-execution that stopped part-way (a tool call waiting for a human's approval) is `pending`.
+`waiting` while the run goes on. An invocation is `running` while it is in flight (its model call
+made, no row yet: `service.execution_view` says which keys are, from the running engine or from
+its owner's heartbeat) or while a turn of it is recorded (agents with tools), with when it
+started and how long it has run so far (`elapsed_ms`); a row exists once an invocation has
+finished. An invocation of a `pending` execution that stopped part-way (a tool call waiting for a
+human's approval) is `pending`.
 
 Approvals belong to the invocation whose key they carry: a `human_in_loop` gate at the key
 itself, a tool call's approval at `<key>#tool:<call id>` (`#tool:<call id>:rerun` for a call that
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -55,14 +58,17 @@ def build_view(
     invocations: Sequence[Mapping[str, Any]],
     approvals: Sequence[Mapping[str, Any]] = (),
     in_flight: Mapping[str, Mapping[str, Any]] | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The view model of one execution, as JSON-ready data.
 
     `execution` and `invocations` are `service.execution_to_dict` / `invocation_to_dict` rows,
     `snapshot` the execution's snapshot (topology and members as they ran), `approvals` its
-    approvals (`approval_to_dict`), `in_flight` the keys with recorded turns but no finished row
-    ({key: {"turns": n, "tool_calls": n, "started_at": iso}}): `running` while the execution
-    runs, `pending` while it waits (for a human, or for the client's model).
+    approvals (`approval_to_dict`), `in_flight` the keys in progress without a finished row, in
+    flight or with recorded turns ({key: {"started_at": iso, "turns": n, "tool_calls": n}}, each
+    field optional): `running` while the execution runs, `pending` while it waits (for a human,
+    or for the client's model). `now` (default: the current time) is what a running
+    invocation's `elapsed_ms` counts to.
     """
     status = str(execution.get("status"))
     live = status not in FINISHED
@@ -72,10 +78,10 @@ def build_view(
     entries = {key: _entry(key, rows, execution) for key, rows in by_key.items()}
     for key, info in (in_flight or {}).items():
         if key not in entries or entries[key]["status"] != "completed":
-            entries[key] = _running(key, info, entries.get(key), execution, root)
+            entries[key] = _running(key, info, entries.get(key), execution, root, now)
     for key in owned:  # a wait for a human at a key with neither a row nor turns given
         if key not in entries and any(a.get("status") == "pending" for a in owned[key]):
-            entries[key] = _running(key, {}, None, execution, root)
+            entries[key] = _running(key, {}, None, execution, root, now)
     for key, entry in entries.items():
         _approvals(entry, owned.get(key, []))
     planned: list[str] = []
@@ -181,6 +187,7 @@ def _entry(key: str, rows: list[Mapping[str, Any]], execution: Mapping[str, Any]
         "started_at": rows[0].get("started_at"),
         "completed_at": last.get("completed_at"),
         "offset_ms": _offset(execution, rows[0].get("started_at")),
+        "elapsed_ms": None,
         "duration_ms": sum(float(r.get("duration_ms") or 0) for r in rows),
         "input_tokens": sum(int(r.get("input_tokens") or 0) for r in rows),
         "output_tokens": sum(int(r.get("output_tokens") or 0) for r in rows),
@@ -201,19 +208,33 @@ def _running(
     previous: dict[str, Any] | None,
     execution: Mapping[str, Any],
     root: dict[str, Any],
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """A key whose conversation has recorded turns but no finished row yet: `running`, or
-    `pending` while its execution waits."""
+    """A key in flight (or whose conversation has recorded turns) with no finished row yet:
+    `running`, with how long it has run so far, or `pending` while its execution waits. A key
+    with no row yet takes its slot and agent from the topology."""
     entry = dict(previous or _blank(key, *_slot_of(root, key)))
     started = info.get("started_at") or entry.get("started_at")
+    running = execution.get("status") == "running"
     entry.update(
-        status="running" if execution.get("status") == "running" else "pending",
+        status="running" if running else "pending",
         tool_calls=info.get("tool_calls"),
         started_at=started,
         offset_ms=_offset(execution, started),
+        elapsed_ms=_elapsed(started, now) if running else None,
         turns=info.get("turns"),
     )
     return entry
+
+
+def _elapsed(started: Any, now: datetime | None) -> float | None:
+    """Milliseconds from `started` to `now` (default: the current time), never negative."""
+    when = _time(started)
+    if when is None:
+        return None
+    until = _time(now or datetime.now(UTC))
+    assert until is not None
+    return max(0.0, round((until - when).total_seconds() * 1000, 1))
 
 
 def _blank(key: str, slot: str, agent: Any) -> dict[str, Any]:
@@ -229,6 +250,7 @@ def _blank(key: str, slot: str, agent: Any) -> dict[str, Any]:
         "started_at": None,
         "completed_at": None,
         "offset_ms": None,
+        "elapsed_ms": None,
         "duration_ms": None,
         "input_tokens": 0,
         "output_tokens": 0,
@@ -268,14 +290,16 @@ def _offset(execution: Mapping[str, Any], started: Any) -> float | None:
 
 
 def _time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
+    """A moment as naive UTC: SQLite gives stored times back naive (UTC), PostgreSQL and the
+    running engine aware, and the view compares them with each other."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
         return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _approval(approval: Mapping[str, Any]) -> dict[str, Any]:

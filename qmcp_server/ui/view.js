@@ -213,7 +213,7 @@
   function timeline(rows) {
     if (!rows.length) return h("p", { cls: "empty", text: "No invocation yet." });
     var span = 1;
-    rows.forEach(function (r) { if (r.offset_ms !== null && r.duration_ms) span = Math.max(span, r.offset_ms + r.duration_ms); });
+    rows.forEach(function (r) { var d = took(r); if (r.offset_ms !== null && d) span = Math.max(span, r.offset_ms + d); });
     var body = h("tbody");
     rows.forEach(function (r) {
       var open = !!state.open[r.key];
@@ -221,7 +221,7 @@
       if (r.offset_ms !== null && r.offset_ms !== undefined) {
         var fill = h("div", { cls: "fill" });
         fill.style.left = Math.min(100, (100 * r.offset_ms) / span) + "%";
-        fill.style.width = Math.max(0.5, (100 * (r.duration_ms || 0)) / span) + "%";
+        fill.style.width = Math.max(0.5, (100 * (took(r) || 0)) / span) + "%";
         bar.appendChild(fill);
       }
       var statusCell = [badge(r.status)];
@@ -232,7 +232,8 @@
           h("div", { cls: "muted small", text: [r.agent, r.model].filter(Boolean).join(" · ") })),
         h("td", null, statusCell),
         h("td", { cls: "num", text: r.attempt ? "#" + r.attempt : "" }),
-        h("td", { cls: "num", text: fmtMs(r.duration_ms) }),
+        h("td", { cls: "num", title: inFlight(r) ? "running for " + fmtMs(r.elapsed_ms) + " so far" : null,
+          text: inFlight(r) ? fmtMs(r.elapsed_ms) + "…" : fmtMs(r.duration_ms) }),
         h("td", { cls: "num wide", text: tokens }),
         h("td", { cls: "num", text: r.cost_usd === null ? "" : fmtCost(r.cost_usd) }),
         h("td", { cls: "num", text: r.tool_calls === null || r.tool_calls === undefined ? "" : String(r.tool_calls) }),
@@ -249,6 +250,10 @@
       body);
   }
 
+  // A running invocation's time so far (a call in flight has no recorded duration yet).
+  function inFlight(r) { return r.status === "running" && r.elapsed_ms !== null && r.elapsed_ms !== undefined; }
+  function took(r) { return inFlight(r) ? r.elapsed_ms : r.duration_ms; }
+
   function details(r) {
     var input = r.input || {};
     var prompt = [];
@@ -259,7 +264,7 @@
       var body = m && m.content !== undefined ? m.content : m;
       prompt.push(h("div", { cls: "muted small", text: role }), h("pre", { text: typeof body === "string" ? body : json(body) }));
     });
-    if (!prompt.length) prompt.push(h("p", { cls: "empty", text: r.status === "waiting" ? "not called yet" : "not recorded (the run had tracing off)" }));
+    if (!prompt.length) prompt.push(h("p", { cls: "empty", text: r.status === "waiting" ? "not called yet" : r.status === "running" ? "recorded when the invocation ends" : "not recorded (the run had tracing off)" }));
     var out = [];
     if (r.content !== null && r.content !== undefined) out.push(h("pre", { text: r.content }));
     if (r.output) {
@@ -274,6 +279,7 @@
       })));
     }
     if ((r.status === "running" || r.status === "pending") && r.turns) out.push(h("p", { cls: "muted", text: r.turns + " turn(s) recorded so far" }));
+    if (r.status === "running" && !r.turns) out.push(h("p", { cls: "muted", "data-in-flight": r.key, text: "in flight" + (inFlight(r) ? " for " + fmtMs(r.elapsed_ms) : "") + ": no answer yet" }));
     (r.approvals || []).forEach(function (a) {
       out.push(h("div", { cls: "muted small", "data-approval-of": a.id },
         badge(a.status === "pending" ? "approval" : a.status, "approval " + a.status), " ",

@@ -118,6 +118,11 @@ class Execution(SQLModel, table=True):
     metaflow_run_id: str | None = Field(default=None, max_length=100)
     metaflow_pathspec: str | None = Field(default=None, max_length=300)
     metaflow_step: str | None = Field(default=None, max_length=100)
+    # The invocations in flight at the owner's last heartbeat ({key: started_at ISO}), for views
+    # in other processes; cleared when the run ends. NULL (not JSON null) when none.
+    in_flight: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
 
 
 class Invocation(SQLModel, table=True):

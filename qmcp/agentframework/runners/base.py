@@ -37,7 +37,9 @@ from qmcp.agentframework.runners.engine import (
     Engine,
     EventHandler,
     agent_setup,
+    register_live,
     run_log,
+    unregister_live,
 )
 from qmcp.agentframework.runners.lease import Lease, Stop
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
@@ -232,6 +234,7 @@ class BaseRunner:
             metaflow_run_id=None,
             metaflow_pathspec=None,
             metaflow_step=None,
+            in_flight=None,
         )
         await self.store.add_execution(execution)
         return PreparedRun(execution, kind, config, dict(agents), data, {}, 0, setups)
@@ -325,6 +328,7 @@ class BaseRunner:
             attempts=attempts,
             tool_calls=tool_calls,
         )
+        register_live(engine)  # the view reads its calls in flight; `_finish`/`_lost` unregister
         started_at = utcnow()
         t0 = time.perf_counter()
         run_log(
@@ -336,13 +340,17 @@ class BaseRunner:
             execution.topology_name,
             self.runner_type,
         )
+        import anyio  # here: a Metaflow step, which runs no `_execute`, does not load it
+
         status, output, error = ExecutionStatus.FAILED, None, None
         stop = anyio.CancelScope()  # a cancel asked for elsewhere, or the lease lost, ends it
 
         def stopped(_why: Stop) -> None:
             stop.cancel()
 
-        lease = Lease(self.store, execution.id, execution.owner or owner_token(), stopped)
+        lease = Lease(
+            self.store, execution.id, execution.owner or owner_token(), stopped, engine.in_flight
+        )
         engine.boundary = lease.check
         try:
             with anyio.move_on_after(cfg.timeout_seconds) as scope:
@@ -407,6 +415,7 @@ class BaseRunner:
         try:
             await engine.settle()
         finally:
+            unregister_live(engine)
             await engine.close_tools()
         return RunResult(
             execution_id=execution.id,
@@ -449,6 +458,7 @@ class BaseRunner:
                 turns=turns,
             )
         finally:
+            unregister_live(engine)  # recorded (or failed to be): no longer live here
             await engine.close_tools()  # the run's tool servers stop with it, whatever happened
         if (
             metrics

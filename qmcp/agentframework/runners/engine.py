@@ -16,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -246,6 +247,10 @@ class Engine:
         # Awaited before each model call: the owner's lease check, which may stop the run.
         self.boundary: Callable[[], Awaitable[None]] | None = None
         self.flow_step: str | None = None  # the Metaflow step answering, recorded on each row
+        # The invocations in progress: key -> when it started (the provider chain may be in a
+        # model call, a retry's wait or a tool call). Read by the run view, in this process
+        # through `live_engine`, in others through the lease heartbeat's `in_flight` column.
+        self.in_flight: dict[str, datetime] = {}
         self.root = Scope(self, agents)
 
     # -- RunContext (the root scope) ---------------------------------------------------------
@@ -354,61 +359,71 @@ class Engine:
         chain = self._chain(setup, call, retries)
         repairs_left = max((m.max_repairs for m in setup.mixins), default=0)
         recorded, usage = self._recorded_turns(key)
-        while True:
-            await self._emit("started", key, slot, agent.name, call.attempt + 1)
-            call.begin(request)
-            try:
-                conversation = await converse(
-                    chain,
-                    request,
-                    toolbox=self._toolbox(setup, agent, key),
-                    max_tool_calls=setup.config.max_tool_calls,
-                    recorded=recorded,
-                    recorded_usage=usage,
-                    on_turn=call.record_turn,
-                )
-            except ToolServerError as exc:  # a server that does not start: no model attempt
-                await call.record_failure(str(exc))
-                raise await call.failed(str(exc)) from None
-            except ProviderError as exc:  # permanent, or transient with its retries spent
-                raise await call.failed(str(exc)) from None
-            response = conversation.response
-            assert response is not None
-            output: dict[str, Any] = {"content": response.text, "agent": agent.name, "slot": slot}
-            if conversation.tool_calls:
-                output["tool_calls"] = conversation.tool_calls
-            if conversation.limited:
-                output["tool_limit_reached"] = True
-            try:
-                for mixin in setup.mixins:
-                    await mixin.finish(output, mixin_ctx)
-            except OutputRejected as exc:
-                await call.record(None, str(exc), response, conversation)
-                if repairs_left <= 0:
+        # In flight from here until the invocation ends, however it ends (the live view's
+        # `running`; the lease heartbeat writes the keys for other processes).
+        self.in_flight[key] = call.started
+        try:
+            while True:
+                await self._emit("started", key, slot, agent.name, call.attempt + 1)
+                call.begin(request)
+                try:
+                    conversation = await converse(
+                        chain,
+                        request,
+                        toolbox=self._toolbox(setup, agent, key),
+                        max_tool_calls=setup.config.max_tool_calls,
+                        recorded=recorded,
+                        recorded_usage=usage,
+                        on_turn=call.record_turn,
+                    )
+                except ToolServerError as exc:  # a server that does not start: no model attempt
+                    await call.record_failure(str(exc))
                     raise await call.failed(str(exc)) from None
-                repairs_left -= 1
-                # The repair goes on with the same conversation: the rejected answer and the
-                # repair request are its next turns (their usage is on the rejected row).
-                rejected = response.message()
-                repair = Message(role="user", content=exc.repair)
-                turn = len(conversation.turns)
-                await call.record_turn(turn, rejected, None)
-                await call.record_turn(turn + 1, repair, None)
-                recorded, usage = [*conversation.turns, rejected, repair], (0, 0)
-                await self._emit(
-                    "retrying", key, slot, agent.name, call.attempt, call.ms(), str(exc)
-                )
-                continue
-            except QmcpError as exc:
-                await call.record(None, str(exc), response, conversation)
-                raise await call.failed(str(exc)) from None
-            await call.record(output, None, response, conversation)
-            self.checkpoints[key] = output
-            self.done += 1
-            for mixin in setup.mixins:
-                await mixin.after_commit(output, mixin_ctx)
-            await self._emit("completed", key, slot, agent.name, call.attempt, call.ms())
-            return await self._gated(agent, slot, key, output)
+                except ProviderError as exc:  # permanent, or transient with its retries spent
+                    raise await call.failed(str(exc)) from None
+                response = conversation.response
+                assert response is not None
+                output: dict[str, Any] = {
+                    "content": response.text,
+                    "agent": agent.name,
+                    "slot": slot,
+                }
+                if conversation.tool_calls:
+                    output["tool_calls"] = conversation.tool_calls
+                if conversation.limited:
+                    output["tool_limit_reached"] = True
+                try:
+                    for mixin in setup.mixins:
+                        await mixin.finish(output, mixin_ctx)
+                except OutputRejected as exc:
+                    await call.record(None, str(exc), response, conversation)
+                    if repairs_left <= 0:
+                        raise await call.failed(str(exc)) from None
+                    repairs_left -= 1
+                    # The repair goes on with the same conversation: the rejected answer and the
+                    # repair request are its next turns (their usage is on the rejected row).
+                    rejected = response.message()
+                    repair = Message(role="user", content=exc.repair)
+                    turn = len(conversation.turns)
+                    await call.record_turn(turn, rejected, None)
+                    await call.record_turn(turn + 1, repair, None)
+                    recorded, usage = [*conversation.turns, rejected, repair], (0, 0)
+                    await self._emit(
+                        "retrying", key, slot, agent.name, call.attempt, call.ms(), str(exc)
+                    )
+                    continue
+                except QmcpError as exc:
+                    await call.record(None, str(exc), response, conversation)
+                    raise await call.failed(str(exc)) from None
+                await call.record(output, None, response, conversation)
+                self.checkpoints[key] = output
+                self.done += 1
+                for mixin in setup.mixins:
+                    await mixin.after_commit(output, mixin_ctx)
+                await self._emit("completed", key, slot, agent.name, call.attempt, call.ms())
+                return await self._gated(agent, slot, key, output)
+        finally:
+            self.in_flight.pop(key, None)
 
     async def _check_budget(self, agent: AgentType, slot: str, key: str, setup: AgentSetup) -> None:
         """Stop the run before an invocation its budget no longer covers: once the execution
@@ -664,6 +679,33 @@ class Engine:
             error=error,
         )
         await deliver(self.on_event, event)
+
+
+# The engines of the runs going on in this process, by execution id: a runner registers its
+# engine when the run starts and unregisters it when the run ends. Weak, so an engine is never
+# kept alive by this map, even by a runner that failed to unregister it.
+_LIVE: weakref.WeakValueDictionary[uuid.UUID, Engine] = weakref.WeakValueDictionary()
+
+
+def register_live(engine: Engine) -> None:
+    """`engine` runs its execution in this process from now on (its keys in flight are live)."""
+    _LIVE[engine.execution_id] = engine
+
+
+def unregister_live(engine: Engine) -> None:
+    """`engine`'s run ended; a newer engine of the same execution (a resume) stays."""
+    if _LIVE.get(engine.execution_id) is engine:
+        del _LIVE[engine.execution_id]
+
+
+def live_engine(execution_id: uuid.UUID) -> Engine | None:
+    """The engine running `execution_id` in this process, if it runs here."""
+    return _LIVE.get(execution_id)
+
+
+def live_executions() -> list[uuid.UUID]:
+    """The executions running in this process."""
+    return list(_LIVE)
 
 
 class Scope(Slots):

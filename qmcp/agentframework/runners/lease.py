@@ -6,6 +6,10 @@ transaction that also reads the execution's cancel flag. A cancel asked for from
 (`check`, at most once a second), and stops the run: `on_stop` cancels its task group, whose
 in-flight calls end with it. A lease found taken by another process stops the run too: it is
 no longer this process's to record.
+
+The same UPDATE that renews the lease writes the run's invocations in flight (`in_flight`, the
+engine's keys with their start times) into the execution row, so a view in another process sees
+which calls are in progress, at most a heartbeat late; no write is added per invocation.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Literal
 
 from qmcp.agentframework.models import ExecutionStatus
@@ -37,8 +42,12 @@ class Lease:
         execution_id: uuid.UUID,
         owner: str,
         on_stop: Callable[[Stop], object],
+        in_flight: Mapping[str, datetime] | None = None,
     ) -> None:
         self.store = store
+        # The engine's live map of invocations in flight (read at each beat), or None: then the
+        # heartbeat leaves the column alone (an owner that invokes nothing itself).
+        self.in_flight = in_flight
         self.execution_id = execution_id
         self.owner = owner
         self.on_stop = on_stop
@@ -84,7 +93,8 @@ class Lease:
 
     async def renew(self) -> bool:
         """One heartbeat; False once there is nothing left to renew."""
-        state = await self.store.renew_lease(self.execution_id, self.owner)
+        in_flight = None if self.in_flight is None else dict(self.in_flight)
+        state = await self.store.renew_lease(self.execution_id, self.owner, in_flight)
         self._checked = time.monotonic()
         if state.status != ExecutionStatus.RUNNING:
             return False  # finished (a flow's step process recorded it): nothing to hold

@@ -191,6 +191,11 @@ def _lapsed(lease_expires_at: datetime | None, now: datetime) -> bool:
     return _naive(lease_expires_at) < _naive(now)
 
 
+def _iso(moment: datetime) -> str:
+    """A moment as ISO text in UTC (a naive one is UTC already, as `utcnow` gives them)."""
+    return (moment if moment.tzinfo is None else moment.astimezone(UTC)).isoformat()
+
+
 def _naive(moment: datetime) -> datetime:
     """UTC without tzinfo: SQLite gives stored times back naive, PostgreSQL aware."""
     return (
@@ -200,7 +205,14 @@ def _naive(moment: datetime) -> datetime:
     )
 
 
-_UNLEASED = {"owner": None, "lease_expires_at": None, "cancel_requested_at": None}
+# What a run that ended (or stopped) no longer has: an owner, a lease, a cancel to hear, calls
+# in flight.
+_UNLEASED = {
+    "owner": None,
+    "lease_expires_at": None,
+    "cancel_requested_at": None,
+    "in_flight": None,
+}
 
 
 def _mark_interrupted(connection: Connection) -> int:
@@ -600,6 +612,7 @@ class Store:
                     owner=owner,
                     lease_expires_at=lease_until(now),
                     cancel_requested_at=None,
+                    in_flight=None,  # the stopped owner's calls are not in flight
                     error=None,
                     completed_at=None,
                 )
@@ -622,9 +635,21 @@ class Store:
             )
         return execution
 
-    async def renew_lease(self, execution_id: uuid.UUID, owner: str) -> LeaseState:
+    async def renew_lease(
+        self,
+        execution_id: uuid.UUID,
+        owner: str,
+        in_flight: Mapping[str, datetime] | None = None,
+    ) -> LeaseState:
         """The owner's heartbeat: extend its lease while the run is still its own and running;
-        one small transaction, which also reads whether a cancel was asked for."""
+        one small transaction, which also reads whether a cancel was asked for.
+
+        `in_flight` (the keys whose invocations are in progress, with when each started) goes
+        into the `in_flight` column in the same UPDATE, for views in other processes (empty:
+        NULL); None leaves the column as it is (an owner that runs no invocations itself)."""
+        values: dict[str, Any] = {}
+        if in_flight is not None:
+            values["in_flight"] = {k: _iso(v) for k, v in in_flight.items()} or None
 
         def renew(connection: Connection) -> LeaseState:
             held = connection.execute(
@@ -632,7 +657,7 @@ class Store:
                 .where(EXECUTIONS.c.id == execution_id)
                 .where(EXECUTIONS.c.status == ExecutionStatus.RUNNING)
                 .where(EXECUTIONS.c.owner == owner)
-                .values(lease_expires_at=lease_until(utcnow()))
+                .values(lease_expires_at=lease_until(utcnow()), **values)
             ).rowcount
             row = connection.execute(
                 select(
