@@ -6,8 +6,9 @@ Two figures, each against its reference from the same run:
 
 - **Import cost inside a step**: a task process imports Metaflow, then the helpers and whatever
   `begin`/`advance`/`finish` import (the list is read from `python -X importtime` of a real
-  step's calls). The figure is the CPU time of those imports with Metaflow already imported, set
-  beside the CPU time of `import metaflow` itself; median over `--repeat` fresh processes (CPU,
+  step's calls). The figure is the CPU time of those imports with Metaflow already imported (and,
+  as in a generated flow's task, frozen out of the garbage collector's scans), set beside the CPU
+  time of `import metaflow` itself; median over `--repeat` fresh processes (CPU,
   not wall time, so that a busy machine does not swamp it). The store's own libraries
   (SQLAlchemy's ORM and asyncio extension, SQLModel, pydantic) are measured the same way, as the
   floor of that figure. Target: qmcp's imports cost at most 0.15 s more than `import metaflow`.
@@ -41,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORT_TARGET_S = 0.15  # qmcp's imports in a step, above `import metaflow`
 RATIO_TARGET = 1.3  # generated 3-stage pipeline flow / trivial flow of as many steps
 HELPERS = "qmcp.agentframework.runners.metaflow_helpers"
-# What a task process runs, in the order a flow's tasks do, after Metaflow is imported.
+# What a task process runs, in the order a flow's tasks do, after Metaflow is imported (and the
+# generated flow's file has frozen what Metaflow built out of the garbage collector's scans).
 STEP = f"""\
-import json, sys
+import gc, json, sys
 import metaflow
+gc.freeze()
 import {HELPERS} as h
 spec = json.load(open(sys.argv[1]))
 state = h.begin(spec, {{"prompt": "x"}}, "", "bench-run")
@@ -104,10 +107,11 @@ def import_seconds(modules: list[str], env: dict[str, str], cwd: Path) -> tuple[
     """CPU seconds of `import metaflow`, then of importing `modules` after it, in a new process.
     CPU time, not wall time: on a shared machine other processes' load would swamp the figure."""
     code = (
-        "import sys, time\n"
+        "import gc, sys, time\n"
         "t0 = time.process_time()\n"
         "import metaflow\n"
         "t1 = time.process_time()\n"
+        "gc.freeze()\n"  # as the generated flow's file does once Metaflow is imported
         f"for name in {modules!r}: __import__(name)\n"
         "t2 = time.process_time()\n"
         "print(t1 - t0, t2 - t1)\n"

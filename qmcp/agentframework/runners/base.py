@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-import anyio
 from sqlmodel import SQLModel
 
 from qmcp.agentframework import telemetry

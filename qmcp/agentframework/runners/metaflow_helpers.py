@@ -17,12 +17,20 @@ output. The `state` artifact carries the execution id, the input, every outcome 
 which flow step answered each key, and the clock of the current run segment.
 
 Each step process imports this module, so it stays lean: the library is imported inside
-functions, and a step does its work in one `asyncio.run`.
+functions, and a step does its work in one `asyncio.run`. A task process is short-lived: the
+generated flow freezes what Metaflow built out of the cyclic garbage collector before a step
+imports the library (`gc.freeze()` at the top of the flow's file), and, imported in a task, this
+module freezes what the library built and, at exit, what is still alive: neither the step's
+collections nor the one Python runs at exit walk the objects SQLAlchemy and pydantic built (at
+exit alone, about 0.15 s of CPU per task). Nothing is left unwritten by it: every step closes its
+database (its writes committed) before it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import sys
 import time
 import uuid
@@ -544,3 +552,15 @@ def _runner(spec: dict[str, Any]) -> Any:
     from qmcp.agentframework.runners.metaflow_runner import MetaflowRunner
 
     return MetaflowRunner(config=RunConfig.model_validate(spec.get("run_config") or {}))
+
+
+def _freeze_in_task() -> None:
+    """In a Metaflow task's process: what the library built at import lives to the process's end,
+    so it leaves the collector's scans now; and whatever is alive at exit leaves them then (this
+    handler runs before those registered earlier, Metaflow's and logging's, which still run)."""
+    if _metaflow_run_id() is not None:
+        gc.freeze()
+        atexit.register(gc.freeze)
+
+
+_freeze_in_task()

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import SQLModel, col
 
@@ -51,6 +50,9 @@ from qmcp.agentframework.store.database import (
 from qmcp.agentframework.store.leases import lease_until
 from qmcp.agentframework.store.migrations import upgrade
 from qmcp.agentframework.store.owners import owner_alive
+
+if TYPE_CHECKING:  # a process on a SQLite file never loads the asyncio engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 M = TypeVar("M", bound=SQLModel)
 T = TypeVar("T")

@@ -13,9 +13,12 @@ transaction; `Database.write` runs them, the same functions on every backend:
 - PostgreSQL (asyncpg), and in-memory SQLite: the async engine, `connection.run_sync(function)`
   inside `engine.begin()`.
 
-Reads go through the async engine's sessions on every backend. Database errors surface as
-`DatabaseError` (a `QmcpError`) naming the database and what to do; an integrity error that means
-"this already exists" becomes the `ConflictError` the caller names.
+Reads of a SQLite file run on the caller's thread through a plain connection (in WAL mode a
+reader never waits for a writer, and a read of a few rows costs less than a hand-off to
+aiosqlite's thread), so a process on a SQLite file, such as a Metaflow step, never loads the
+asyncio engine; other databases read through the async engine's sessions. Database errors
+surface as `DatabaseError` (a `QmcpError`) naming the database and what to do; an integrity
+error that means "this already exists" becomes the `ConflictError` the caller names.
 
 The per-URL `Database` objects are owned by this module's registry until `close_database` (or
 `Store.close()`) disposes their engines and stops their writer; the next use opens them again.
@@ -31,20 +34,22 @@ import queue
 import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import platformdirs
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, SingletonThreadPool
 
 from qmcp.agentframework.errors import ConflictError, QmcpError, ValidationError
+
+if TYPE_CHECKING:  # imported where used: a process on a SQLite file needs no asyncio engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 T = TypeVar("T")
 
@@ -449,6 +454,38 @@ class SqliteWriter:
                 loop.call_soon_threadsafe(_deliver_all, answers)
 
 
+class _ReadSession:
+    """`AsyncSession`'s read methods over a plain `Session` of a SQLite file, run on the caller's
+    thread: what `Database.session` gives on a SQLite file (see `Database.read`). As with
+    `AsyncSession`, results are buffered (`prebuffer_rows`), readable after the session closes."""
+
+    def __init__(self, session: Session) -> None:
+        self.sync_session = session
+
+    async def execute(
+        self,
+        statement: Any,
+        params: Any = None,
+        *,
+        execution_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        options = {**(execution_options or {}), "prebuffer_rows": True}
+        return self.sync_session.execute(statement, params, execution_options=options, **kwargs)
+
+    async def scalars(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return (await self.execute(statement, params, **kwargs)).scalars()
+
+    async def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return (await self.execute(statement, params, **kwargs)).scalar()
+
+    async def get(self, entity: Any, ident: Any, **kwargs: Any) -> Any:
+        return self.sync_session.get(entity, ident, **kwargs)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self.sync_session, *args, **kwargs)
+
+
 class Database:
     """The connections of one database URL in this process: created on first use, closed once."""
 
@@ -468,8 +505,10 @@ class Database:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The async engine: every read, and the writes of PostgreSQL and in-memory SQLite."""
+        """The async engine: the reads and writes of PostgreSQL and in-memory SQLite."""
         if self._engine is None:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             kwargs: dict[str, Any] = {}
             url: URL | str = self.url
             if self.is_sqlite:
@@ -538,6 +577,8 @@ class Database:
             if self.file is not None:
                 with Session(self._sqlite_reader(), expire_on_commit=False) as session:
                     return fn(session)
+            from sqlalchemy.ext.asyncio import AsyncSession
+
             async with AsyncSession(self.engine, expire_on_commit=False) as async_session:
                 return await async_session.run_sync(fn)
         except Exception as exc:
@@ -561,8 +602,19 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """An ORM session for reads; database errors become `DatabaseError`."""
+        """An ORM session for reads; database errors become `DatabaseError`.
+
+        On a SQLite file it is `_ReadSession`, the read methods of `AsyncSession` (`execute`,
+        `scalars`, `scalar`, `get`, `run_sync`) over a plain session on the caller's thread, as
+        `read` does; elsewhere an `AsyncSession`.
+        """
         try:
+            if self.file is not None:
+                with Session(self._sqlite_reader(), expire_on_commit=False) as plain:
+                    yield cast("AsyncSession", _ReadSession(plain))
+                return
+            from sqlalchemy.ext.asyncio import AsyncSession
+
             async with AsyncSession(self.engine, expire_on_commit=False) as session:
                 yield session
         except Exception as exc:
