@@ -176,6 +176,7 @@ async def test_a_run_whose_owner_stopped_is_cancelled_at_once(db_url: str) -> No
         await service.cancel_execution(ident, db_url=db_url)
 
 
+@pytest.mark.slow  # waits for an owner that does not answer
 async def test_an_owner_that_does_not_answer_leaves_the_request_standing(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -96,6 +96,7 @@ async def test_a_permanent_failure_falls_back_at_once(
     ]
 
 
+@pytest.mark.slow  # waits out retry back-off
 async def test_the_primary_uses_up_its_own_retries_before_the_fallback_answers(
     db_url: str, functions: dict[str, int]
 ) -> None:

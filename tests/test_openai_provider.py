@@ -288,6 +288,7 @@ async def test_429_carries_the_servers_retry_after(api: ChatAPIServer, milliseco
     assert len(api.requests) == 1, "the SDK itself must not retry"
 
 
+@pytest.mark.slow  # waits out Retry-After and back-off
 async def test_429_is_retried_by_the_engine_after_retry_after(
     api: ChatAPIServer, db_url: str
 ) -> None:
@@ -301,6 +302,7 @@ async def test_429_is_retried_by_the_engine_after_retry_after(
     assert [r.status for r in rows] == ["failed", "completed"]
 
 
+@pytest.mark.slow  # waits out retry back-off
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
@@ -339,6 +341,7 @@ async def test_an_unknown_model_is_permanent(api: ChatAPIServer) -> None:
     assert not failed.value.retryable
 
 
+@pytest.mark.slow  # waits for a timeout
 async def test_a_slow_answer_times_out_in_the_sdk(api: ChatAPIServer, db_url: str) -> None:
     api.enqueue(Fault.slow(3))
     result = await run(db_url, retries=0, timeout_seconds=0.5)

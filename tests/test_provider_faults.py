@@ -126,6 +126,7 @@ async def test_retry_on_failure_false_means_one_request(
     assert result.status == "failed" and len(api.requests) == 1
 
 
+@pytest.mark.slow  # waits for a timeout
 async def test_slow_response_beyond_the_timeout_fails(api: MessagesAPIServer, db_url: str) -> None:
     api.enqueue(Fault.slow(3))
     result = await run(db_url, retries=0, timeout_seconds=0.5)

@@ -288,6 +288,7 @@ def members(n: int) -> dict[str, AgentType]:
     }
 
 
+@pytest.mark.slow  # waits out 429s and back-off
 async def test_a_wide_fan_out_converges_on_what_the_endpoint_admits(
     api: MessagesAPIServer, db_url: str
 ) -> None:

@@ -316,6 +316,7 @@ async def test_a_failed_model_call_marks_its_spans(
     assert attr(execution, "qmcp.execution.status") == "failed"
 
 
+@pytest.mark.slow  # a tool server process
 async def test_a_failing_tool_call_marks_its_span(spans: InMemorySpanExporter, db_url: str) -> None:
     """The tool answers with an error result: its `execute_tool` span is failed, the run goes on."""
     from qmcp.agentframework.models import TopologyType
@@ -389,6 +390,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_without_an_endpoint_nothing_is_traced_or_imported(db_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACE"))}
     done = subprocess.run(
