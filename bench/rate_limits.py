@@ -6,7 +6,8 @@ A local Messages API (tests/fake_messages_api.py, spoken to by the real Anthropi
 `--admits` requests at once, each after `--latency` seconds, and 429 (with Retry-After: when the
 first admitted request will end) beyond, as a provider's concurrency limit does. An ensemble of
 `--members` Claude agents runs on the AsyncRunner with max_concurrent 50, the run's defaults
-otherwise (SQLite, checkpointing on); the API runs in a process of its own. The endpoint's
+otherwise (SQLite, checkpointing on; one database for every run, created by a warm-up run that
+is not kept); the API runs in a process of its own. The endpoint's
 limiter starts unbounded, learns from the 429s (multiplicative decrease, additive increase) and
 holds new calls back for Retry-After.
 
@@ -138,8 +139,10 @@ async def main() -> None:
         os.environ["ANTHROPIC_BASE_URL"] = base_url
         os.environ["ANTHROPIC_API_KEY"] = "sk-ant-bench-ratelimit"
         ProviderRegistry.reset()
+        # One record store for every run, as a user's runs share theirs: the warm-up run creates
+        # it (schema and migrations, ~0.1 s, a cost paid once per database, not per run).
+        db_url = f"sqlite+aiosqlite:///{tmp}/bench.db"
         for i in range(args.runs + 1):  # the first warms up (imports, the SDK's client): not kept
-            db_url = f"sqlite+aiosqlite:///{tmp}/bench-{i}.db"
             run = await one_run(base_url, db_url, args.members)
             if i == 0:
                 continue

@@ -86,8 +86,10 @@ class AnthropicProvider:
         return client
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        client = self._client().with_options(timeout=request.timeout_seconds)
+        client = self._client()
+        # The timeout as a request option: `with_options` would copy the client for every call.
         kwargs: dict[str, Any] = {
+            "timeout": request.timeout_seconds,
             "model": request.model,
             "max_tokens": request.max_tokens,
             "messages": [_message(m) for m in request.messages],

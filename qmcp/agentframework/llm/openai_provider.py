@@ -73,8 +73,12 @@ class OpenAIProvider:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         client, base_url, key = self._client(request)
-        client = client.with_options(timeout=request.timeout_seconds)
-        kwargs: dict[str, Any] = {"model": request.model, "messages": _messages(request)}
+        # The timeout as a request option: `with_options` would copy the client for every call.
+        kwargs: dict[str, Any] = {
+            "timeout": request.timeout_seconds,
+            "model": request.model,
+            "messages": _messages(request),
+        }
         limit = "max_completion_tokens" if _is_openai(base_url) else "max_tokens"
         kwargs[limit] = request.max_tokens
         if request.temperature is not None:
