@@ -1,6 +1,6 @@
 """Adaptive rate limits: a wide fan-out against an endpoint that admits only so many requests.
 
-    python bench/rate_limits.py [--members 200] [--admits 8] [--latency 0.05] [--runs 3]
+    python bench/rate_limits.py [--members 200] [--admits 8] [--latency 0.05] [--runs 5]
 
 A local Messages API (tests/fake_messages_api.py, spoken to by the real Anthropic SDK) answers
 `--admits` requests at once, each after `--latency` seconds, and 429 (with Retry-After: when the
@@ -125,7 +125,7 @@ async def main() -> None:
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--admits", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     ideal = args.members / args.admits * args.latency
     results = []
