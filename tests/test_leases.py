@@ -153,6 +153,35 @@ async def test_a_lapsed_run_is_taken_over_directly_without_a_restart(
     assert final.owner is None and final.lease_expires_at is None
 
 
+@pytest.mark.postgres
+async def test_a_long_lived_process_shows_a_run_whose_lease_lapsed_as_interrupted(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that opened the database before a run's owner (on another host) stopped lists
+    that run as interrupted once its lease lapses, without a restart."""
+    monkeypatch.setenv("QMCP_LEASE_SECONDS", "0.6")
+    sys.path.insert(0, str(CHILD.parent))
+    import lease_child
+
+    store = Store(db_url)
+    await store.init()  # the server is up: opening the database has already swept once
+    top, agents = lease_child.topology()
+    prepared = await LocalRunner(db_url=db_url).start(top, agents, {"prompt": "left behind"})
+    ident = prepared.execution_id
+    await store.update_execution(
+        ident, owner=f"{OTHER_HOST}:4242:1", lease_expires_at=utcnow() + timedelta(seconds=0.3)
+    )
+    assert (await store.get_execution(ident)).status == ExecutionStatus.RUNNING
+    await asyncio.sleep(0.5)  # the lease lapses, and a third of a lease has passed
+    listed = {e.id: e for e in await store.list_executions()}
+    assert listed[ident].status == ExecutionStatus.INTERRUPTED
+    assert listed[ident].owner is None and listed[ident].lease_expires_at is None
+    viewed = await service.execution_view(ident, db_url=db_url)
+    assert viewed["execution"]["status"] == "interrupted"
+    resumed = await service.resume_execution(ident, db_url=db_url)
+    assert resumed.status == ExecutionStatus.COMPLETED, resumed.error
+
+
 @pytest.mark.slow
 async def test_two_processes_take_over_one_lapsed_run_and_exactly_one_wins(
     db_url: str, tmp_path: Path

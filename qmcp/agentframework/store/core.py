@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -47,7 +48,7 @@ from qmcp.agentframework.store.database import (
     describe,
     parse_url,
 )
-from qmcp.agentframework.store.leases import lease_until
+from qmcp.agentframework.store.leases import lease_seconds, lease_until
 from qmcp.agentframework.store.migrations import upgrade
 from qmcp.agentframework.store.owners import owner_alive
 
@@ -286,6 +287,7 @@ class Store:
         if not database.ready:
             await database.write(_initialize)
             database.ready = True
+            database.swept_at = time.monotonic()  # `_initialize` marked the stopped runs
         return self
 
     async def close(self) -> None:
@@ -831,6 +833,7 @@ class Store:
 
     async def get_execution(self, execution_id: uuid.UUID | str) -> Execution:
         """One execution, by its id or a unique prefix of it."""
+        await self.sweep()
         ident = await self.resolve_execution_id(execution_id)
         async with self.session() as s:
             execution = await s.get(Execution, ident)
@@ -846,6 +849,7 @@ class Store:
             query = query.where(col(Execution.status) == status)
         if topology:
             query = query.where(col(Execution.topology_name) == topology)
+        await self.sweep()
         async with self.session() as s:
             return list((await s.execute(query)).scalars())
 
@@ -1048,6 +1052,29 @@ class Store:
         return decided
 
     # -- upkeep -----------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """What an execution's status says is current: a long-lived process (the MCP server)
+        marks runs whose owner stopped since it opened the database (a dead process on this
+        host, a lapsed lease on any host) as interrupted before it shows executions, at most
+        once a third of a lease; opening the database did it once at the start. One read, and a
+        write only when some owner stopped. Returns how many it marked."""
+        database = self.database
+        now = time.monotonic()
+        if now - database.swept_at < lease_seconds() / 3:
+            return 0
+        database.swept_at = now
+
+        def stopped(session: Session) -> bool:
+            query = select(EXECUTIONS.c.owner, EXECUTIONS.c.lease_expires_at).where(
+                EXECUTIONS.c.status == ExecutionStatus.RUNNING
+            )
+            moment = utcnow()
+            return any(_stopped(o, e, moment) for o, e in session.execute(query).all())
+
+        if not await self._read(stopped):
+            return 0
+        return await self.mark_interrupted()
 
     async def mark_interrupted(self) -> int:
         """Executions left `running` by a process that no longer exists become `interrupted`."""

@@ -499,6 +499,8 @@ class Database:
             self.file = Path(database).expanduser()
         self.pid = os.getpid()
         self.ready = False
+        # When (monotonic) this process last looked for runs whose owner stopped (`Store`).
+        self.swept_at = 0.0
         self._engine: AsyncEngine | None = None
         self._writer: SqliteWriter | None = None
         self._reader: Engine | None = None
