@@ -280,8 +280,11 @@ async def test_async_with_closes_and_an_idle_writer_thread_ends(
     assert open_files(db_path(db_url)) == []
 
 
+@pytest.mark.postgres
 def test_one_store_serves_successive_event_loops(db_url: str) -> None:
-    """As Metaflow steps use it: `asyncio.run` once per step, one process."""
+    """As Metaflow steps use it, or a program that calls `asyncio.run` more than once: on
+    PostgreSQL each loop gets its own connections (asyncpg's belong to the loop that opened
+    them)."""
     store = Store(db_url)
     execution = asyncio.run(new_execution(store))
     for i in range(3):

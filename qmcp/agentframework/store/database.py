@@ -502,12 +502,24 @@ class Database:
         # When (monotonic) this process last looked for runs whose owner stopped (`Store`).
         self.swept_at = 0.0
         self._engine: AsyncEngine | None = None
+        # The event loop `_engine` belongs to (PostgreSQL: asyncpg's connections are the loop's).
+        self._engine_loop: asyncio.AbstractEventLoop | None = None
         self._writer: SqliteWriter | None = None
         self._reader: Engine | None = None
 
     @property
     def engine(self) -> AsyncEngine:
-        """The async engine: the reads and writes of PostgreSQL and in-memory SQLite."""
+        """The async engine: the reads and writes of PostgreSQL and in-memory SQLite.
+
+        On PostgreSQL it is the running event loop's: asyncpg's connections belong to the loop
+        that opened them, so a `Store` used again under another loop (successive `asyncio.run`
+        calls in one program) gets an engine of its own, and the old one's connections, whose
+        loop has ended, are let go. (In-memory SQLite keeps its one engine: its data lives in
+        its connection.)"""
+        loop = _running_loop()
+        if self._engine is not None and not self.is_sqlite and self._engine_loop is not loop:
+            stale, self._engine = self._engine, None
+            stale.sync_engine.dispose(close=False)
         if self._engine is None:
             from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -522,7 +534,7 @@ class Database:
             engine = create_async_engine(url, **kwargs)
             if self.is_sqlite:
                 event.listen(engine.sync_engine, "connect", _sqlite_pragmas(SQLITE_BUSY_TIMEOUT_MS))
-            self._engine = engine
+            self._engine, self._engine_loop = engine, loop
         return self._engine
 
     def _sqlite_writer(self) -> SqliteWriter:
@@ -640,11 +652,21 @@ class Database:
             await asyncio.to_thread(self.stop_writer)
         engine, self._engine = self._engine, None
         if engine is not None:
-            await engine.dispose()
+            if self._engine_loop is _running_loop():
+                await engine.dispose()
+            else:  # opened under a loop that has ended: nothing of it can be awaited here
+                engine.sync_engine.dispose(close=False)
         self.ready = False
 
 
 _DATABASES: dict[str, Database] = {}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def database_for(url: str) -> Database:
