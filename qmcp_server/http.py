@@ -146,12 +146,23 @@ def listening_url(host: str, port: int) -> str:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on `host`:`port`, or exit 2 with one line saying why not and the fix."""
+    """A listening socket on `host`:`port`, or exit 2 with one line saying why not and the fix.
+
+    Its protocol is IPPROTO_TCP, not 0 as `socket.create_server` leaves it: asyncio turns
+    Nagle's algorithm off (TCP_NODELAY) only on connections of a socket that says TCP, and with
+    it on, a response whose body goes out after its headers waited for the client's delayed ACK
+    (~40 ms a request).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server(
-            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET
-        )
+        if os.name == "posix":  # as socket.create_server does: a restart reuses the port at once
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen()
+        return listening
     except OSError as exc:
+        listening.close()
         if exc.errno == errno.EADDRINUSE:
             fix = "another process has it; pick another with --port (0 picks a free one)"
         elif exc.errno == errno.EACCES:
