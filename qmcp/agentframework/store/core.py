@@ -248,6 +248,18 @@ def _same_lease(owner: str | None, expires: datetime | None) -> Any:
     return owned & (EXECUTIONS.c.lease_expires_at == expires)
 
 
+# The reads every run of a stored topology starts with, built once (building a statement costs
+# more than SQLAlchemy's cached compilation of it); the values are bound parameters.
+_TOPOLOGY_BY_NAME = select(Topology).where(col(Topology.name) == bindparam("name"))
+_MEMBERS_OF = (
+    select(TopologyMembership, AgentType, Topology)
+    .outerjoin(AgentType, col(AgentType.id) == col(TopologyMembership.agent_type_id))
+    .outerjoin(Topology, col(Topology.id) == col(TopologyMembership.sub_topology_id))
+    .where(col(TopologyMembership.topology_id) == bindparam("topology_id"))
+    .order_by(col(TopologyMembership.position))
+)
+
+
 class LeaseState(NamedTuple):
     """What an owner's renewal found: whether it still holds the run, and whether a cancel was
     asked for. `status` is the execution's (a step process may have finished it meanwhile)."""
@@ -458,7 +470,7 @@ class Store:
         """A stored topology and its slots (slot -> agent or SubTopology), in slot order."""
 
         def read(s: Session) -> tuple[Topology, dict[str, Any]]:
-            topology = s.execute(select(Topology).where(col(Topology.name) == name)).scalar()
+            topology = s.execute(_TOPOLOGY_BY_NAME, {"name": name}).scalar()
             if topology is None:
                 raise NotFoundError(
                     f"no topology named {name!r}; see `qmcp agents topologies list`"
@@ -468,13 +480,7 @@ class Store:
         return await self._read(read)
 
     def _members(self, s: Session, topology: Topology, path: tuple[Any, ...]) -> dict[str, Any]:
-        rows = s.execute(
-            select(TopologyMembership, AgentType, Topology)
-            .outerjoin(AgentType, col(AgentType.id) == col(TopologyMembership.agent_type_id))
-            .outerjoin(Topology, col(Topology.id) == col(TopologyMembership.sub_topology_id))
-            .where(col(TopologyMembership.topology_id) == topology.id)
-            .order_by(col(TopologyMembership.position))
-        )
+        rows = s.execute(_MEMBERS_OF, {"topology_id": topology.id})
         members: dict[str, Any] = {}
         for membership, agent, sub in rows.all():
             if sub is None:
