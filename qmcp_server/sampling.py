@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,6 +40,7 @@ from qmcp.agentframework.llm.awaiting import AwaitingSamples
 from qmcp_server.errors import invalid_params
 
 if TYPE_CHECKING:
+    from mcp.server.request_state import RequestStateSecurity
     from mcp_types import CreateMessageRequest, CreateMessageRequestParams, InputRequiredResult
 
     from qmcp.agentframework.service import RunResult
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 current_context: ContextVar[Any] = ContextVar("qmcp_mcp_context", default=None)
 
 STATE_VERSION = 1
+# Keys that seal the `request_state` of input-required rounds (see `request_state_security`).
+KEYS_VARIABLE = "QMCP_REQUEST_STATE_KEYS"
+MIN_KEY_LENGTH = 32
 INVOCATION_META = "qmcp_invocation"  # names the invocation a question is for (in `metadata`)
 
 
@@ -234,6 +239,30 @@ class SampleRound:
         return InputRequiredResult(
             input_requests=dict(self.pending), request_state=json.dumps(state)
         )
+
+
+def request_state_security() -> RequestStateSecurity | None:
+    """How the `request_state` of stateless rounds is sealed. By default (None) with a key of
+    this process, the SDK's: a round is answered by the process that asked it. With
+    `QMCP_REQUEST_STATE_KEYS` (comma-separated secrets of at least 32 characters; the first
+    seals, every one unseals, so a key can be rotated), server processes that share a database
+    answer each other's rounds: several behind a load balancer, or one restarted mid-run."""
+    text = os.environ.get(KEYS_VARIABLE, "").strip()
+    if not text:
+        return None
+    from mcp.server.request_state import RequestStateSecurity
+
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    short = [i for i, key in enumerate(keys, 1) if len(key) < MIN_KEY_LENGTH]
+    if not keys or short:
+        which = f"key {short[0]} of {len(keys)} is" if short else "no key is given; it is"
+        raise ConfigurationError(
+            f"{KEYS_VARIABLE}: {which} shorter than {MIN_KEY_LENGTH} characters; give "
+            "comma-separated secrets, the same in every server process (make one with "
+            'python -c "import secrets; print(secrets.token_urlsafe(32))"), or unset it to '
+            "seal with a key of this process"
+        )
+    return RequestStateSecurity(keys=keys)
 
 
 current_round: ContextVar[SampleRound | None] = ContextVar("qmcp_sample_round", default=None)

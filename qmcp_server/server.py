@@ -27,7 +27,7 @@ from qmcp.agentframework import telemetry
 from qmcp.agentframework.llm import ProviderRegistry
 from qmcp_server import completions, prompts, resources, tasks, tools, ui
 from qmcp_server.errors import invalid_params
-from qmcp_server.sampling import SamplingProvider
+from qmcp_server.sampling import SamplingProvider, request_state_security
 from qmcp_server.shortcuts import RunTools
 from qmcp_server.state import ServerState
 
@@ -130,6 +130,9 @@ def build_server(db_url: str | None = None, *, remote: bool = False) -> MCPServe
         log_level=log_level(),
         extensions=[ui.apps_extension(), long_runs],  # the run view as an MCP App; tasks
         subscriptions=state.notifier.bus,  # 2026-07-28 `subscriptions/listen` (qmcp_server.notify)
+        # Sealing of stateless rounds' request_state: this process's key unless
+        # QMCP_REQUEST_STATE_KEYS shares one between processes (qmcp_server.sampling).
+        request_state_security=request_state_security(),
     )
     # The 2025-era subscribe, unsubscribe and setLevel have no MCPServer decorator; the SDK
     # keeps its low-level server private for now (its own in-memory transport reaches it so).
