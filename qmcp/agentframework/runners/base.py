@@ -38,7 +38,6 @@ from qmcp.agentframework.runners.engine import (
     agent_setup,
     register_live,
     run_log,
-    unregister_live,
 )
 from qmcp.agentframework.runners.lease import Lease, Stop
 from qmcp.agentframework.store import Store, owner_token, parse_execution_id
@@ -327,7 +326,7 @@ class BaseRunner:
             attempts=attempts,
             tool_calls=tool_calls,
         )
-        register_live(engine)  # the view reads its calls in flight; `_finish`/`_lost` unregister
+        register_live(engine)  # the view reads its calls in flight; `engine.close()` unregisters
         started_at = utcnow()
         t0 = time.perf_counter()
         run_log(
@@ -414,8 +413,7 @@ class BaseRunner:
         try:
             await engine.settle()
         finally:
-            unregister_live(engine)
-            await engine.close_tools()
+            await engine.close()
         return RunResult(
             execution_id=execution.id,
             status=ExecutionStatus.INTERRUPTED,
@@ -457,8 +455,7 @@ class BaseRunner:
                 turns=turns,
             )
         finally:
-            unregister_live(engine)  # recorded (or failed to be): no longer live here
-            await engine.close_tools()  # the run's tool servers stop with it, whatever happened
+            await engine.close()  # recorded (or failed to be): its tool servers stop with it
         if (
             metrics
             and logging.getLevelName(self.config.log_level) <= logging.INFO

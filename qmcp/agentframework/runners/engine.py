@@ -523,8 +523,10 @@ class Engine:
         options = {} if limit is None else {"max_result_chars": limit}
         return McpToolbox(setup.config.tools, self.tool_sessions, journal, **options)
 
-    async def close_tools(self) -> None:
-        """End this run's tool sessions (their servers stop); the run is over."""
+    async def close(self) -> None:
+        """The run is over: it is no longer live in this process (`live_engine`), and its tool
+        sessions end (their servers stop)."""
+        unregister_live(self)
         if self.tool_sessions is not None:
             await self.tool_sessions.aclose()
 

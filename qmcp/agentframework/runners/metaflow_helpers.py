@@ -104,7 +104,7 @@ def invoke_agent(agent_config: dict[str, Any], input_data: dict[str, Any]) -> di
             try:
                 return await engine.invoke(slot, input_data, key=f"{slot}/{uuid.uuid4().hex[:8]}")
             finally:
-                await engine.close_tools()
+                await engine.close()
 
     return asyncio.run(call())
 
@@ -406,7 +406,7 @@ class _Work:
             pass  # recorded as pending (`pause`): the steps after this one pass it on
         finally:
             if self._engine is not None:  # the step's tool servers stop when the step does
-                await self._engine.close_tools()
+                await self._engine.close()
         return answered
 
     async def invoke(self, call: PendingCall) -> Outcome:
