@@ -74,7 +74,8 @@ def build_view(
     live = status not in FINISHED
     by_key = _group(invocations)
     root = _node(snapshot, "")
-    owned = _owned(approvals)
+    shown = [_approval(a) for a in approvals]
+    owned = _owned(shown)
     entries = {key: _entry(key, rows, execution) for key, rows in by_key.items()}
     for key, info in (in_flight or {}).items():
         if key not in entries or entries[key]["status"] != "completed":
@@ -131,22 +132,22 @@ def build_view(
         "topology": root,
         "invocations": timeline,
         "panels": panels,
-        "approvals": [_approval(a) for a in approvals],
+        "approvals": shown,
     }
 
 
-def _owned(approvals: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Approvals by the invocation they belong to (a tool call's: the key before its `#`)."""
-    owned: dict[str, list[Mapping[str, Any]]] = {}
-    for approval in approvals:
-        owned.setdefault(str(approval.get("key")).split("#", 1)[0], []).append(approval)
+def _owned(shown: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Approvals (as `_approval` shows them) by the invocation they belong to."""
+    owned: dict[str, list[dict[str, Any]]] = {}
+    for approval in shown:
+        owned.setdefault(approval["invocation_key"], []).append(approval)
     return owned
 
 
-def _approvals(entry: dict[str, Any], own: list[Mapping[str, Any]]) -> None:
+def _approvals(entry: dict[str, Any], own: list[dict[str, Any]]) -> None:
     """An invocation's approvals, oldest first; `approval` is the one that waits, else the last
     one decided."""
-    entry["approvals"] = [_approval(a) for a in own]
+    entry["approvals"] = own
     waiting = [a for a in entry["approvals"] if a["status"] == "pending"]
     decided = entry["approvals"][-1:]
     entry["approval"] = waiting[0] if waiting else decided[0] if decided else None
