@@ -218,15 +218,16 @@ _UNLEASED = {
 }
 
 
+# The running executions and who holds them: what `_mark_interrupted` and `Store.sweep` judge.
+_RUNNING_LEASES = select(EXECUTIONS.c.id, EXECUTIONS.c.owner, EXECUTIONS.c.lease_expires_at).where(
+    EXECUTIONS.c.status == ExecutionStatus.RUNNING
+)
+
+
 def _mark_interrupted(connection: Connection) -> int:
     now = utcnow()
-    rows = connection.execute(
-        select(EXECUTIONS.c.id, EXECUTIONS.c.owner, EXECUTIONS.c.lease_expires_at).where(
-            EXECUTIONS.c.status == ExecutionStatus.RUNNING
-        )
-    )
     counted = 0
-    for ident, owner, expires in rows.all():
+    for ident, owner, expires in connection.execute(_RUNNING_LEASES).all():
         if not _stopped(owner, expires, now):
             continue
         # Conditional on what was read: an owner that renewed meanwhile keeps its run.
@@ -1072,11 +1073,9 @@ class Store:
         database.swept_at = now
 
         def stopped(session: Session) -> bool:
-            query = select(EXECUTIONS.c.owner, EXECUTIONS.c.lease_expires_at).where(
-                EXECUTIONS.c.status == ExecutionStatus.RUNNING
-            )
             moment = utcnow()
-            return any(_stopped(o, e, moment) for o, e in session.execute(query).all())
+            rows = session.execute(_RUNNING_LEASES).all()
+            return any(_stopped(owner, expires, moment) for _, owner, expires in rows)
 
         if not await self._read(stopped):
             return 0
