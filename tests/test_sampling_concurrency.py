@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from test_sampling_stateless import ClientModel, call
+from test_sampling_stateless import ClientModel, call, drive_rounds
 
 from qmcp.agentframework import service
 from qmcp.agentframework.llm import LLMRequest, register_function, unregister_function
@@ -53,25 +53,6 @@ def peak() -> Iterator[Peak]:
     unregister_function("peak_checker")
 
 
-async def _rounds(client: Client, args: dict[str, Any]) -> tuple[int, Any]:
-    """Drive the input-required rounds by hand: how many there were, and the last result."""
-    model = ClientModel()
-    session = client.session
-    result: Any = await session.call_tool("topologies_run", args, allow_input_required=True)
-    rounds = 0
-    while result.result_type == "input_required":
-        rounds += 1
-        answers = {k: await model(None, r.params) for k, r in result.input_requests.items()}
-        result = await session.call_tool(
-            "topologies_run",
-            args,
-            input_responses=answers,
-            request_state=result.request_state,
-            allow_input_required=True,
-        )
-    return rounds, result
-
-
 @pytest.mark.parametrize("limit", [1, 2])
 async def test_later_rounds_keep_the_runs_max_concurrent(
     db_url: str, peak: Peak, limit: int
@@ -92,8 +73,8 @@ async def test_later_rounds_keep_the_runs_max_concurrent(
             "runner": "async",
             "max_concurrent": limit,
         }
-        rounds, result = await _rounds(client, args)
-    assert rounds == 1, "the primary's question is the only round"
+        rounds, result, _ = await drive_rounds(client, ClientModel(), db_url, args)
+    assert len(rounds) == 1, "the primary's question is the only round"
     assert result.structured_content["status"] == "completed", result.structured_content
     assert peak.calls == CHECKERS, "every checker ran in the round that resumed the run"
     assert peak.peak == limit, f"{peak.peak} checker calls at once with max_concurrent={limit}"
