@@ -10,7 +10,7 @@ Two figures, each against its reference from the same run:
   as in a generated flow's task, frozen out of the garbage collector's scans), set beside the CPU
   time of `import metaflow` itself; median over `--repeat` fresh processes (CPU,
   not wall time, so that a busy machine does not swamp it). The store's own libraries
-  (SQLAlchemy's ORM and asyncio extension, SQLModel, pydantic) are measured the same way, as the
+  (SQLAlchemy and its ORM, SQLModel, pydantic) are measured the same way, as the
   floor of that figure. Target: qmcp's imports cost at most 0.15 s more than `import metaflow`.
 - **Flow wall time**: the generated flow of a 3-stage pipeline (offline model, SQLite store,
   local datastore) against a trivial flow of as many steps in a line that only sets an artifact,
@@ -55,9 +55,9 @@ state = h.advance(spec, state, "stage_0")
 h.finish(spec, state)
 """
 
-# What the record store cannot do without, whatever qmcp does: SQLAlchemy's ORM and asyncio
-# extension, SQLModel and pydantic. Its cost above `import metaflow` is the floor of the figure.
-FLOOR_MODULES = ["sqlalchemy.orm", "sqlalchemy.ext.asyncio", "sqlmodel", "pydantic"]
+# What the record store cannot do without, whatever qmcp does: SQLAlchemy and its ORM, SQLModel
+# and pydantic. Their cost above `import metaflow` is the floor of the figure.
+FLOOR_MODULES = ["sqlalchemy.orm", "sqlmodel", "pydantic"]
 
 
 def write_pipeline(tmp: Path, db: str) -> tuple[Path, dict[str, Any]]:
@@ -191,7 +191,7 @@ def report(found: dict[str, Any]) -> None:
         f"({above:+.3f} s against import metaflow; target <= +{IMPORT_TARGET_S} s: "
         f"{verdict(above <= IMPORT_TARGET_S)})\n"
         f"  of which the store's libraries {found['import_floor_s']:.3f} s "
-        "(sqlalchemy.orm, sqlalchemy.ext.asyncio, sqlmodel, pydantic after metaflow)"
+        "(sqlalchemy and its orm, sqlmodel, pydantic after metaflow)"
     )
     if "ratio" not in found:
         return

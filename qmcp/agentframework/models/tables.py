@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelConfig
 
 from qmcp.agentframework.models.enums import (
     AgentRole,
@@ -19,6 +20,14 @@ from qmcp.agentframework.models.enums import (
     InvocationStatus,
     TopologyType,
 )
+
+
+class _Table(SQLModel):
+    """The tables' common base: pydantic builds a table's validator and serializer the first
+    time they are used, not at import. The store writes with Core statements and loads rows
+    through the ORM, neither of which validates, so most processes never build them."""
+
+    model_config = SQLModelConfig(defer_build=True)
 
 
 def utcnow() -> datetime:
@@ -29,7 +38,7 @@ def _ts(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
 
 
-class AgentType(SQLModel, table=True):
+class AgentType(_Table, table=True):
     """A named agent: its role and its `AgentConfig` (as JSON)."""
 
     __tablename__ = "agent_types"
@@ -44,7 +53,7 @@ class AgentType(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
-class Topology(SQLModel, table=True):
+class Topology(_Table, table=True):
     """A named collaboration pattern: its kind and its typed config (as JSON)."""
 
     __tablename__ = "topologies"
@@ -59,7 +68,7 @@ class Topology(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
-class TopologyMembership(SQLModel, table=True):
+class TopologyMembership(_Table, table=True):
     """One slot of a stored topology, filled by an agent type or by another topology."""
 
     __tablename__ = "topology_memberships"
@@ -81,7 +90,7 @@ class TopologyMembership(SQLModel, table=True):
     )
 
 
-class Execution(SQLModel, table=True):
+class Execution(_Table, table=True):
     """One run of a topology. The row exists before the first invocation."""
 
     __tablename__ = "executions"
@@ -125,7 +134,7 @@ class Execution(SQLModel, table=True):
     )
 
 
-class Invocation(SQLModel, table=True):
+class Invocation(_Table, table=True):
     """One attempt at one agent call; the completed row for a key is its checkpoint."""
 
     __tablename__ = "invocations"
@@ -156,7 +165,7 @@ class Invocation(SQLModel, table=True):
     flow_step: str | None = Field(default=None, max_length=100)  # the Metaflow step that ran it
 
 
-class InvocationTurn(SQLModel, table=True):
+class InvocationTurn(_Table, table=True):
     """One model turn of a multi-turn invocation (a conversation with tool calls).
 
     Each turn is recorded as it completes, so an invocation interrupted between turns resumes
@@ -186,7 +195,7 @@ class InvocationTurn(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class ToolCall(SQLModel, table=True):
+class ToolCall(_Table, table=True):
     """One tool call of an invocation: recorded as `running` before the call and completed
     after it, so a resumed run replays a finished call instead of making it again, and knows
     which calls were in flight when the process stopped."""
@@ -214,7 +223,7 @@ class ToolCall(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
-class AgentMemory(SQLModel, table=True):
+class AgentMemory(_Table, table=True):
     """What the `memory` mixin keeps for an agent across executions."""
 
     __tablename__ = "agent_memories"
@@ -227,7 +236,7 @@ class AgentMemory(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class Approval(SQLModel, table=True):
+class Approval(_Table, table=True):
     """A human decision the `human_in_loop` mixin asked for: pending until someone answers."""
 
     __tablename__ = "approvals"
