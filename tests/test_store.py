@@ -464,3 +464,40 @@ async def test_the_wal_stays_bounded_under_back_to_back_checkpoints(
     assert max(sizes) < 12_000_000, sizes
     assert len(await store.invocations(execution.id)) == 3000
     await store.close()
+
+
+FIRST_ROW = """
+import asyncio, sys, uuid
+from qmcp.agentframework.models import Execution, ExecutionStatus, utcnow
+from qmcp.agentframework.store import Store
+
+async def main():
+    store = await Store(sys.argv[1]).init()
+    columns = Execution.__table__.columns
+    execution = Execution.model_construct(
+        **{c.name: None for c in columns}
+        | {"id": uuid.uuid4(), "topology_name": "t", "runner_type": "local",
+           "status": ExecutionStatus.RUNNING, "input": {}, "snapshot": {},
+           "input_tokens": 0, "output_tokens": 0, "invocation_count": 0,
+           "created_at": utcnow()}
+    )
+    await store.add_execution(execution)
+    print((await store.get_execution(execution.id)).topology_name)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_whose_first_row_is_built_without_its_constructor_can_write_it(
+    tmp_path: Path,
+) -> None:
+    """`BaseRunner.start` opens the store, then builds its execution with `model_construct`,
+    which skips the ORM's mapper configuration: in a new process whose first row is built that
+    way (a script that runs objects it did not load), writing it must not fail."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/first.db"
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_ROW, url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "t"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 from sqlmodel import SQLModel, col
 
 from qmcp.agentframework.errors import ConflictError, NotFoundError, ValidationError
@@ -298,6 +298,9 @@ class Store:
         process, and mark executions whose process died as interrupted."""
         database = self.database
         if not database.ready:
+            # Rows built with `model_construct` (as runs build theirs) skip the constructor that
+            # would configure the ORM's mappers; reading one before that fails in SQLAlchemy.
+            configure_mappers()
             await database.write(_initialize)
             database.ready = True
             database.swept_at = time.monotonic()  # `_initialize` marked the stopped runs
