@@ -17,7 +17,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Numeric,
+    Table,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, configure_mappers
 from sqlmodel import SQLModel, col
 
@@ -86,6 +97,22 @@ _TOTALS = (
     func.sum(INVOCATIONS.c.cost_usd),
 )
 _SELECT_TOTALS = select(*_TOTALS).where(INVOCATIONS.c.execution_id == bindparam("ident"))
+
+
+def _summed(column: Any) -> Any:
+    """One total of the updated execution's invocation rows, inside its UPDATE."""
+    of_this = INVOCATIONS.c.execution_id == EXECUTIONS.c.id
+    return select(column).where(of_this).scalar_subquery()
+
+
+# Finishing with totals: the totals are summed by the UPDATE itself (one statement, not two).
+# The cost is rounded as `_totals` rounds it (NUMERIC: PostgreSQL rounds no double precision).
+_FINISH_WITH_TOTALS = _UPDATE_EXECUTION.values(
+    invocation_count=_summed(_TOTALS[0]),
+    input_tokens=_summed(_TOTALS[1]),
+    output_tokens=_summed(_TOTALS[2]),
+    cost_usd=_summed(func.round(cast(_TOTALS[3], Numeric), 6)),
+)
 INTERRUPTED_ERROR = (
     "the process running this execution stopped before it finished; "
     "resume it with `qmcp executions resume ID`"
@@ -588,10 +615,8 @@ class Store:
                 connection.execute(_INSERT_TURNS, turn_rows)
             if rows:
                 connection.execute(_INSERT_INVOCATIONS, rows)
-            if metrics:
-                totals = connection.execute(_SELECT_TOTALS, {"ident": execution_id}).one()
-                values.update(_totals(totals))
-            return connection.execute(_UPDATE_EXECUTION, values).rowcount
+            finishing = _FINISH_WITH_TOTALS if metrics else _UPDATE_EXECUTION
+            return connection.execute(finishing, values).rowcount
 
         small = len(rows) + len(turn_rows) <= SMALL_WRITE_ROWS
         if await self._write(finish, now=small) == 0:
