@@ -1,7 +1,8 @@
 """Invocations in flight in the run view: a model call that has not answered yet is `running`.
 
 In this process the view reads the running engine (exact, at once); from another process it reads
-the `in_flight` column the owner's lease heartbeat writes. Either way the key shows as `running`
+the `in_flight` column the owner's lease heartbeat writes (or a Metaflow step's own marks: see
+`test_metaflow_fleet.py`). Either way the key shows as `running`
 with its slot, agent, start and elapsed time, and nothing stays in flight once the run ends.
 """
 
@@ -220,6 +221,35 @@ async def test_the_heartbeat_writes_the_calls_in_flight_and_the_end_clears_them(
     assert (await store.get_execution(ident)).in_flight is None
     await store.update_execution(ident, in_flight={"stage-0/s0": started.isoformat()})
     await store.claim_execution(ident, owner)  # a resume: the stopped owner's calls are gone
+    assert (await store.get_execution(ident)).in_flight is None
+
+
+async def test_processes_that_share_a_run_mark_their_own_calls_without_losing_others(
+    db_url: str,
+) -> None:
+    """A Metaflow flow's steps (foreach branches at once) each add and take out their own keys
+    (`Store.mark_in_flight`): changes made together all land, an execution that is no longer
+    running is left alone, and its end clears the map."""
+    sys.path.insert(0, str(CHILD.parent))
+    import lease_child
+
+    top, agents = lease_child.topology()
+    prepared = await LocalRunner(db_url=db_url).start(top, agents, {"prompt": "share"})
+    ident = prepared.execution_id
+    started = utcnow() - timedelta(seconds=2)
+    keys = [f"member-{i}" for i in range(12)]
+    # Twelve stores, as twelve step processes would be: concurrent transactions on PostgreSQL.
+    await asyncio.gather(*(Store(db_url).mark_in_flight(ident, k, started) for k in keys))
+    store = Store(db_url)
+    assert (await store.get_execution(ident)).in_flight == dict.fromkeys(keys, started.isoformat())
+    await asyncio.gather(*(Store(db_url).mark_in_flight(ident, k, None) for k in keys[::2]))
+    assert sorted((await store.get_execution(ident)).in_flight or {}) == sorted(keys[1::2])
+    await store.mark_in_flight(ident, "never-marked", None)  # nothing to take out: no change
+    await store.finish_execution(
+        ident, status=ExecutionStatus.COMPLETED, output={}, error=None, duration_ms=1
+    )
+    assert (await store.get_execution(ident)).in_flight is None
+    await store.mark_in_flight(ident, "late", started)  # the run has ended: left alone
     assert (await store.get_execution(ident)).in_flight is None
 
 

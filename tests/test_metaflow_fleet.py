@@ -149,7 +149,8 @@ async def test_a_cancel_from_another_process_stops_a_flow_mid_step(
     flow_env: Path, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The launching process owns the flow's execution: a cancel asked for through the database
-    reaches it at its heartbeat, and it kills the flow while a step's model call is in flight."""
+    reaches it at its heartbeat, and it kills the flow while a step's model call is in flight.
+    Meanwhile the run view shows that call `running`, from the step's process."""
     import asyncio
 
     plugins = tmp_path / "plugins"
@@ -176,6 +177,12 @@ async def test_a_cancel_from_another_process_stops_a_flow_mid_step(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the flow's step never called its model")
+    # The call in flight is in the step's process, not this one: the view reads the key the
+    # step put in the execution's `in_flight` map when its model call started.
+    view = await service.execution_view(prepared.execution_id, db_url)
+    entry = {e["key"]: e for e in view["invocations"]}["stage-0/slow"]
+    assert (entry["status"], entry["agent"]) == ("running", "mf_slow"), entry
+    assert entry["started_at"] and entry["elapsed_ms"] >= 0
     # As another process would: the flag in the database, not this process's task.
     assert await Store(db_url).request_cancel(prepared.execution_id) == ExecutionStatus.RUNNING
     result = await asyncio.wait_for(run, 60)
@@ -185,3 +192,4 @@ async def test_a_cancel_from_another_process_stops_a_flow_mid_step(
     assert not (flow_env / "calls.log").exists(), "the next stage never ran"
     record = await Store(db_url).get_execution(prepared.execution_id)
     assert record.status == ExecutionStatus.CANCELLED and record.owner is None
+    assert record.in_flight is None, "the end cleared the step's call"

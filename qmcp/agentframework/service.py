@@ -1080,8 +1080,10 @@ async def execution_view(
     A running execution's invocations in flight (a model call made, no answer recorded yet) are
     `running`, with when they started. A run going on in this process is read from its engine:
     exact and immediate. A run in another process (another terminal, a fleet) is read from the
-    `in_flight` column its owner's lease heartbeat writes: up to a heartbeat interval (a third
-    of `QMCP_LEASE_SECONDS`) stale, and empty during the run's first heartbeat interval.
+    execution's `in_flight` column. Its owner's lease heartbeat writes it: up to a heartbeat
+    interval (a third of `QMCP_LEASE_SECONDS`) stale, and empty during the run's first
+    heartbeat interval. A Metaflow flow's steps, whose calls are in their own task processes,
+    put each call in it as it starts and take it out as it ends (`Store.mark_in_flight`).
     """
     from qmcp.agentframework.view import build_view
 

@@ -6,11 +6,11 @@ One pure function over the records (`build_view`), so the HTML view, the MCP App
 terminal tree show the same thing. It reads invocation rows, never the final output alone, so a
 running execution shows what has happened so far; keys the topology will call next are listed as
 `waiting` while the run goes on. An invocation is `running` while it is in flight (its model call
-made, no row yet: `service.execution_view` says which keys are, from the running engine or from
-its owner's heartbeat) or while a turn of it is recorded (agents with tools), with when it
-started and how long it has run so far (`elapsed_ms`); a row exists once an invocation has
-finished. An invocation of a `pending` execution that stopped part-way (a tool call waiting for a
-human's approval) is `pending`.
+made, no row yet: `service.execution_view` says which keys are, from the running engine, from
+its owner's heartbeat, or from a Metaflow step's own marks) or while a turn of it is recorded
+(agents with tools), with when it started and how long it has run so far (`elapsed_ms`); a row
+exists once an invocation has finished. An invocation of a `pending` execution that stopped
+part-way (a tool call waiting for a human's approval) is `pending`.
 
 Approvals belong to the invocation whose key they carry: a `human_in_loop` gate at the key
 itself, a tool call's approval at `<key>#tool:<call id>` (`#tool:<call id>:rerun` for a call that

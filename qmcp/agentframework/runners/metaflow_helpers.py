@@ -43,6 +43,7 @@ from qmcp.agentframework.errors import ConflictError, RunnerError, TopologyFaile
 from qmcp.agentframework.plugins import load_plugins
 
 if TYPE_CHECKING:
+    from qmcp.agentframework.runners.engine import InvocationEvent
     from qmcp.agentframework.runners.replay import Outcome, PendingCall, Replayed
     from qmcp.agentframework.store import Store
     from qmcp.agentframework.topologies.flow import FlowStep
@@ -341,6 +342,7 @@ class _Work:
         self.ident = uuid.UUID(state["execution_id"])
         self.store = store
         self._engine: Any = None
+        self._marked: set[str] = set()  # this step's keys in the execution's `in_flight`
         _CURRENT["execution_id"] = state["execution_id"]
 
     def step(self, step: str | list[str]) -> tuple[str, FlowStep]:
@@ -460,13 +462,30 @@ class _Work:
                 store=self.store,
                 checkpoints=await self.store.checkpoints(self.ident),
                 concurrency=None,
-                on_event=None,
+                on_event=self.track,
                 total=1,
                 turns=turns,
                 attempts=await self.store.attempts(self.ident),
                 tool_calls=await self.store.tool_calls(self.ident) if turns else None,
             )
         return self._engine
+
+    async def track(self, event: InvocationEvent) -> None:
+        """Keep this step's calls in the execution's `in_flight` map while their model calls
+        go on, for the run view in other processes: the step's engine is in this task's
+        process, and the run's owner (the process that started the flow) runs none of them.
+        A key goes in when its call starts and out when it ends; a call that stops otherwise
+        (a wait for a human, a cancel) is cleared with the map when the execution is recorded
+        as stopped."""
+        key, engine = event.key, self._engine
+        if event.kind == "started" and key not in self._marked and engine is not None:
+            started = engine.in_flight.get(key)
+            if started is not None:
+                self._marked.add(key)
+                await self.store.mark_in_flight(self.ident, key, started)
+        elif event.kind in ("completed", "failed") and key in self._marked:
+            self._marked.discard(key)
+            await self.store.mark_in_flight(self.ident, key, None)
 
     async def segment(self) -> None:
         """A resumed Metaflow run is a new run segment: its clock starts when its first step

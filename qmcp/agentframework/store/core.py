@@ -674,6 +674,37 @@ class Store:
             )
         return execution
 
+    async def mark_in_flight(
+        self, execution_id: uuid.UUID, key: str, started_at: datetime | None
+    ) -> None:
+        """Add one key to a running execution's `in_flight` map (`started_at`), or take it
+        out (None), reading and writing the map in one transaction with its row locked.
+
+        For the processes that share a run without owning it: a Metaflow flow's steps, whose
+        foreach branches call their models at the same time, each changing only its own keys.
+        (The owner's heartbeat writes the whole map instead: `renew_lease`.)"""
+
+        def change(connection: Connection) -> None:
+            row = connection.execute(
+                select(EXECUTIONS.c.status, EXECUTIONS.c.in_flight)
+                .where(EXECUTIONS.c.id == execution_id)
+                .with_for_update()
+            ).one_or_none()
+            if row is None or row.status != ExecutionStatus.RUNNING:
+                return  # ended meanwhile: its end cleared the map
+            calls = dict(row.in_flight or {})
+            if started_at is not None:
+                calls[key] = _iso(started_at)
+            elif calls.pop(key, None) is None:
+                return
+            connection.execute(
+                update(EXECUTIONS)
+                .where(EXECUTIONS.c.id == execution_id)
+                .values(in_flight=calls or None)
+            )
+
+        await self._write(change, now=True)
+
     async def renew_lease(
         self,
         execution_id: uuid.UUID,
