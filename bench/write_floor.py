@@ -47,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rows import median
+from store_bench import invocation  # an invocation row as the engine writes it
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -63,31 +64,6 @@ SNAPSHOT = {  # about the size of a 3-stage pipeline's snapshot (topology, agent
     },
     "run_config": {"checkpoint_enabled": True, "max_retries": 3, "timeout_seconds": 300},
 }
-
-
-def invocation(execution_id: uuid.UUID, i: int) -> dict[str, Any]:
-    from qmcp.agentframework.models import InvocationStatus
-
-    now = datetime.now(UTC)
-    return {
-        "execution_id": execution_id,
-        "key": f"stage-{i}/stage_{i}",
-        "slot": f"stage_{i}",
-        "agent_name": f"agent_{i}",
-        "provider": "function",
-        "model": "function:bench",
-        "input": {"system": "You are an executor.", "messages": ["x"]},
-        "attempt": 1,
-        "started_at": now,
-        "completed_at": now,
-        "duration_ms": 0.01,
-        "input_tokens": 1,
-        "output_tokens": 1,
-        "cost_usd": None,
-        "status": InvocationStatus.COMPLETED,
-        "output": {"content": "ok", "agent": f"agent_{i}", "slot": f"stage_{i}"},
-        "error": None,
-    }
 
 
 def execution_row() -> dict[str, Any]:
