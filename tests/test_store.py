@@ -489,6 +489,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a new interpreter
 def test_a_process_whose_first_row_is_built_without_its_constructor_can_write_it(
     tmp_path: Path,
 ) -> None:
