@@ -1099,7 +1099,7 @@ async def execution_view(
         if engine is not None:  # running here: the engine's own map, as it is now
             # (copied first: the run may go on in another thread, changing the map meanwhile)
             calls = {key: started.isoformat() for key, started in dict(engine.in_flight).items()}
-        else:  # running elsewhere: as its owner's last heartbeat wrote it
+        else:  # running elsewhere: as its owner's last heartbeat, or a flow's steps, wrote it
             calls = dict(execution.in_flight or {})
         for key, started in calls.items():
             in_flight[key] = {"started_at": started}

@@ -477,12 +477,10 @@ class _Work:
         A key goes in when its call starts and out when it ends; a call that stops otherwise
         (a wait for a human, a cancel) is cleared with the map when the execution is recorded
         as stopped."""
-        key, engine = event.key, self._engine
-        if event.kind == "started" and key not in self._marked and engine is not None:
-            started = engine.in_flight.get(key)
-            if started is not None:
-                self._marked.add(key)
-                await self.store.mark_in_flight(self.ident, key, started)
+        key = event.key
+        if event.kind == "started" and key not in self._marked:
+            self._marked.add(key)  # the engine put it in its own map before it said "started"
+            await self.store.mark_in_flight(self.ident, key, self._engine.in_flight[key])
         elif event.kind in ("completed", "failed") and key in self._marked:
             self._marked.discard(key)
             await self.store.mark_in_flight(self.ident, key, None)
